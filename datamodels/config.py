@@ -1,0 +1,194 @@
+"""Configuration: YAML files validated against typed defaults.
+
+A config has one section per stage (``data``, ``sweep``, ``worker``, ``fit``)
+plus the output directory ``out`` and the master ``seed``.  Every key can be
+overridden from the command line as ``section.key=value``.  Unknown keys and
+values of the wrong type are rejected up front with a message naming the key,
+so a typo never silently falls back to a default.
+
+The ``worker`` section is open: ``worker.name`` names a module (for example
+``workers.mlp``) and the rest are that worker's hyperparameters, validated
+against the worker module's own ``Config`` dataclass when it has one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import DatamodelsError
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # digits | npz | cifar10
+    path: Optional[str] = None  # the .npz file or CIFAR-10 archive, for those sources
+    num_test: int = 500  # digits only: size of the seeded test split
+    split_seed: int = 0  # digits only: seed of the train/test split
+    targets: str = "test"  # test | test+train: whose margins the workers log
+
+
+@dataclass
+class SweepConfig:
+    num_models: int = 10000  # models used for fitting (training + validation)
+    num_eval_models: int = 500  # held-out models used only for LDS
+    alpha: float = 0.5  # fraction of the training set in each mask
+    models_per_task: int = 100  # K: models one Ray task trains together
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    max_retries: int = 2  # retries of a failing task before it is recorded as failed
+    max_in_flight: int = 0  # tasks submitted at once; 0 = twice the cluster's task slots
+    address: Optional[str] = None  # existing Ray cluster; None starts a local one
+    margins_dtype: str = "float32"
+
+
+@dataclass
+class FitConfig:
+    device: str = "cpu"
+    val_fraction: float = 0.1  # share of the fitting models used to choose lambda
+    num_lambdas: int = 40
+    lambda_min_ratio: float = 1e-3  # the path ends at this fraction of lambda_max
+    max_iter: int = 300  # proximal-gradient iterations per lambda at most
+    tol: float = 1e-5  # relative change in the weights that counts as converged
+    chunk_rows: int = 8192  # store rows read per chunk when streaming
+
+
+@dataclass
+class Config:
+    out: str = "runs/digits"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    worker: Dict[str, Any] = field(default_factory=lambda: {"name": "workers.mlp"})
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    msg = str(exc).strip().splitlines()[0]
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def load(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The validated config from a YAML file and ``section.key=value`` overrides."""
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DatamodelsError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # YAML syntax errors come in many types
+            raise DatamodelsError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}")
+        if not isinstance(loaded, DictConfig):
+            raise DatamodelsError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
+        layers.append(loaded)
+    for item in overrides:
+        if "=" not in item:
+            raise DatamodelsError(f"override {item!r} must look like section.key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as exc:
+        raise DatamodelsError(f"bad config: {_one_line(exc)}") from None
+    return validate(cfg)
+
+
+def from_dict(values: Dict[str, Any]) -> DictConfig:
+    """The validated config from a plain dict (the Python API's entry point)."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(values))
+    except OmegaConfBaseException as exc:
+        raise DatamodelsError(f"bad config: {_one_line(exc)}") from None
+    return validate(cfg)
+
+
+def coerce(config: Union[None, str, Path, Dict[str, Any], DictConfig]) -> DictConfig:
+    """Accept any of the forms the Python API takes: a path, a dict or a loaded config."""
+    if config is None:
+        return load()
+    if isinstance(config, DictConfig):
+        return validate(config)
+    if isinstance(config, (str, Path)):
+        return load(config)
+    if isinstance(config, dict):
+        return from_dict(config)
+    raise DatamodelsError(f"config must be a path, dict or DictConfig, got {type(config).__name__}")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise DatamodelsError(message)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Range checks the type system cannot express, and the worker's own schema."""
+    d, s, f = cfg.data, cfg.sweep, cfg.fit
+    _check(d.source in ("digits", "npz", "cifar10"), f"data.source must be digits, npz or cifar10, got {d.source!r}")
+    _check(d.source == "digits" or d.path, f"data.path is required when data.source is {d.source}")
+    _check(d.targets in ("test", "test+train"), f"data.targets must be 'test' or 'test+train', got {d.targets!r}")
+    _check(d.num_test > 0, f"data.num_test must be positive, got {d.num_test}")
+    _check(s.num_models > 0, f"sweep.num_models must be positive, got {s.num_models}")
+    _check(s.num_eval_models >= 0, f"sweep.num_eval_models must be >= 0, got {s.num_eval_models}")
+    _check(0.0 < s.alpha < 1.0, f"sweep.alpha must be in (0, 1), got {s.alpha}")
+    _check(s.models_per_task >= 1, f"sweep.models_per_task must be >= 1, got {s.models_per_task}")
+    _check(s.cpus_per_task >= 0, f"sweep.cpus_per_task must be >= 0, got {s.cpus_per_task}")
+    _check(s.gpus_per_task >= 0, f"sweep.gpus_per_task must be >= 0, got {s.gpus_per_task}")
+    _check(s.max_retries >= 0, f"sweep.max_retries must be >= 0, got {s.max_retries}")
+    _check(s.max_in_flight >= 0, f"sweep.max_in_flight must be >= 0, got {s.max_in_flight}")
+    _check(s.margins_dtype in ("float16", "float32", "float64"),
+           f"sweep.margins_dtype must be float16, float32 or float64, got {s.margins_dtype!r}")
+    _check(f.device in ("cpu", "cuda") or str(f.device).startswith("cuda:"),
+           f"fit.device must be cpu or cuda, got {f.device!r}")
+    _check(0.0 < f.val_fraction < 1.0, f"fit.val_fraction must be in (0, 1), got {f.val_fraction}")
+    _check(f.num_lambdas >= 1, f"fit.num_lambdas must be >= 1, got {f.num_lambdas}")
+    _check(0.0 < f.lambda_min_ratio < 1.0, f"fit.lambda_min_ratio must be in (0, 1), got {f.lambda_min_ratio}")
+    _check(f.max_iter >= 1, f"fit.max_iter must be >= 1, got {f.max_iter}")
+    _check(f.tol > 0, f"fit.tol must be positive, got {f.tol}")
+    _check(f.chunk_rows >= 1, f"fit.chunk_rows must be >= 1, got {f.chunk_rows}")
+    cfg.worker = worker_config(cfg.worker)
+    return cfg
+
+
+def worker_config(section: Any) -> DictConfig:
+    """Validate the worker section against the named worker module's ``Config``."""
+    section = OmegaConf.create(section) if not isinstance(section, DictConfig) else section
+    name = section.get("name")
+    _check(isinstance(name, str) and name, "worker.name must name a worker module, e.g. workers.mlp")
+    module = load_worker(name)
+    schema = getattr(module, "Config", None)
+    if schema is None:
+        return section
+    _check(dataclasses.is_dataclass(schema), f"worker {name}: Config must be a dataclass")
+    params = OmegaConf.to_container(section)
+    params.pop("name")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), params)
+    except OmegaConfBaseException as exc:
+        raise DatamodelsError(f"bad config: worker.{_one_line(exc)}") from None
+    out = OmegaConf.create({"name": name})
+    return OmegaConf.merge(out, merged)
+
+
+def load_worker(name: str):
+    """Import a worker module; it must define ``train(masks, seeds, config)``."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise DatamodelsError(f"worker.name: cannot import worker module {name!r}: {exc}") from None
+    _check(callable(getattr(module, "train", None)), f"worker.name: module {name!r} has no train(masks, seeds, config)")
+    return module
+
+
+def to_dict(cfg: DictConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def save(cfg: DictConfig, path: Union[str, Path]) -> None:
+    OmegaConf.save(cfg, path)

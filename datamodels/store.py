@@ -1,0 +1,341 @@
+"""The store: one row per trained model, in memory-mapped ``.npy`` files.
+
+Layout (that of the published reference implementation, so its stores open too)::
+
+    store/
+      spec.json        {"num_models": M, "schema": {"masks": {"shape": [N], "dtype": "bool_"},
+                                                    "margins": {"shape": [T], "dtype": "float32"}},
+                        "datamodels": {...our metadata: alpha, seed, evaluation rows...}}
+      masks.npy        bool  [M, N]  which training examples model i saw
+      margins.npy      float [M, T]  model i's margin on each target example
+      _completed.npy   bool  [M]     row i holds finished results
+      _failures.json   {index: error} for tasks that failed after all retries
+      .lock            held by the one sweep writing this store
+
+Masks are a pure function of (seed, index), so any row can be regenerated and
+checked.  Only the driver writes; it writes a row's margins, flushes them, and
+only then sets and flushes the row's completion flag, so a crash never leaves a
+row marked complete with partial data.  Rows are split into a *fitting* part
+(training and validation of the regression) and an *evaluation* part (held out,
+used only for LDS); the evaluation rows are listed as ranges in the spec so the
+store can grow in either part later.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from .errors import DatamodelsError
+
+SPEC = "spec.json"
+COMPLETED = "_completed.npy"
+FAILURES = "_failures.json"
+LOCK = ".lock"
+FORMAT_VERSION = 1
+
+
+def subset_size(num_train: int, alpha: float) -> int:
+    return max(1, min(num_train, int(round(alpha * num_train))))
+
+
+def subset_mask(seed: int, index: int, num_train: int, alpha: float) -> np.ndarray:
+    """Model ``index``'s mask: a uniformly random subset of exactly round(alpha*N) examples."""
+    rng = np.random.default_rng([int(seed), int(index), 0])
+    mask = np.zeros(num_train, dtype=bool)
+    mask[rng.permutation(num_train)[: subset_size(num_train, alpha)]] = True
+    return mask
+
+
+def model_seed(seed: int, index: int) -> int:
+    """Model ``index``'s training seed (initialisation, batch order), independent of its mask."""
+    return int(np.random.SeedSequence([int(seed), int(index), 1]).generate_state(1, dtype=np.uint32)[0])
+
+
+def _ranges_to_bool(ranges: Sequence[Sequence[int]], n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    for start, stop in ranges:
+        out[start:min(stop, n)] = True
+    return out
+
+
+class Store:
+    """A datamodels store opened for reading (``mode="r"``) or writing (``mode="r+"``)."""
+
+    def __init__(self, path, mode: str = "r"):
+        self.path = Path(path)
+        self.mode = mode
+        spec_path = self.path / SPEC
+        if not self.path.is_dir():
+            raise DatamodelsError(f"store not found: {self.path}")
+        if not spec_path.is_file():
+            raise DatamodelsError(f"{self.path} is not a store: {SPEC} is missing")
+        try:
+            self.spec = json.loads(spec_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DatamodelsError(f"store {self.path}: {SPEC} is not valid JSON ({exc})") from None
+        self._check_spec()
+        self.num_models = int(self.spec["num_models"])
+        self.arrays: Dict[str, np.memmap] = {}
+        for key, field in self.spec["schema"].items():
+            self.arrays[key] = self._open_array(f"{key}.npy", [self.num_models, *field["shape"]], field["dtype"])
+        self.completed = self._open_array(COMPLETED, [self.num_models], "bool_")
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, num_train: int, num_targets: int, alpha: float, seed: int,
+               margins_dtype: str = "float32", extra: Optional[dict] = None) -> "Store":
+        """An empty store (zero models) for this problem; ``grow`` adds rows."""
+        path = Path(path)
+        if (path / SPEC).exists():
+            raise DatamodelsError(f"store already exists: {path}")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatamodelsError(f"cannot create store {path}: {exc.strerror}") from None
+        spec = {
+            "num_models": 0,
+            "schema": {
+                "masks": {"shape": [int(num_train)], "dtype": "bool_"},
+                "margins": {"shape": [int(num_targets)], "dtype": margins_dtype},
+            },
+            "datamodels": {"version": FORMAT_VERSION, "alpha": float(alpha), "seed": int(seed),
+                           "eval_ranges": [], **(extra or {})},
+        }
+        for key, field in spec["schema"].items():
+            _create_npy(path / f"{key}.npy", (0, *field["shape"]), field["dtype"])
+        _create_npy(path / COMPLETED, (0,), "bool_")
+        _atomic_write(path / SPEC, json.dumps(spec, indent=2))  # last: its presence means "a store"
+        return cls(path, mode="r+")
+
+    # ---- metadata --------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        return self.spec.get("datamodels", {})
+
+    @property
+    def masks(self) -> np.memmap:
+        return self.arrays["masks"]
+
+    @property
+    def margins(self) -> np.memmap:
+        return self.arrays["margins"]
+
+    @property
+    def num_train(self) -> int:
+        return int(self.spec["schema"]["masks"]["shape"][0])
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.spec["schema"]["margins"]["shape"][0])
+
+    @property
+    def alpha(self) -> Optional[float]:
+        return self.meta.get("alpha")
+
+    @property
+    def seed(self) -> Optional[int]:
+        return self.meta.get("seed")
+
+    @property
+    def is_eval(self) -> np.ndarray:
+        return _ranges_to_bool(self.meta.get("eval_ranges", []), self.num_models)
+
+    @property
+    def num_eval(self) -> int:
+        return int(self.is_eval.sum())
+
+    def rows(self, split: str = "fit", completed_only: bool = True) -> np.ndarray:
+        """Row indices of the ``fit`` or ``eval`` split (or ``all``), completed ones by default."""
+        if split == "all":
+            keep = np.ones(self.num_models, dtype=bool)
+        elif split == "fit":
+            keep = ~self.is_eval
+        elif split == "eval":
+            keep = self.is_eval
+        else:
+            raise ValueError(f"split must be fit, eval or all, got {split!r}")
+        if completed_only:
+            keep &= np.asarray(self.completed, dtype=bool)
+        return np.flatnonzero(keep)
+
+    def failures(self) -> Dict[int, str]:
+        p = self.path / FAILURES
+        if not p.exists():
+            return {}
+        return {int(k): v for k, v in json.loads(p.read_text()).items()}
+
+    def summary(self) -> dict:
+        done = np.asarray(self.completed, dtype=bool)
+        is_eval = self.is_eval
+        return {
+            "path": str(self.path),
+            "num_models": self.num_models,
+            "completed": int(done.sum()),
+            "fit": {"total": int((~is_eval).sum()), "completed": int((done & ~is_eval).sum())},
+            "eval": {"total": int(is_eval.sum()), "completed": int((done & is_eval).sum())},
+            "num_train": self.num_train,
+            "num_targets": self.num_targets,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "failures": {str(k): v for k, v in self.failures().items()},
+        }
+
+    # ---- writing (driver only) -------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive write access.  The lock is an OS file lock, released if its holder dies,
+        so a crashed sweep never leaves a stale lock behind."""
+        lock = FileLock(str(self.path / LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise DatamodelsError(f"store {self.path} is locked: another sweep is writing to it") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def grow(self, num_fit: int, num_eval: int, chunk: int = 4096) -> Tuple[int, int]:
+        """Add rows until the store has at least ``num_fit`` fitting and ``num_eval`` evaluation
+        models, writing each new row's mask.  Returns the (fit, eval) rows added."""
+        self._writable()
+        alpha, seed = self.alpha, self.seed
+        if alpha is None or seed is None:
+            raise DatamodelsError(f"store {self.path} has no alpha/seed metadata, so it cannot grow")
+        cur_eval = self.num_eval
+        cur_fit = self.num_models - cur_eval
+        add_fit, add_eval = max(0, num_fit - cur_fit), max(0, num_eval - cur_eval)
+        if add_fit + add_eval == 0:
+            return 0, 0
+        old, new = self.num_models, self.num_models + add_fit + add_eval
+        # Extend the files first (zero rows: incomplete), fill in masks, then publish the new
+        # size in the spec.  A crash before the spec is written leaves longer files than the
+        # spec says, which opening tolerates and the next grow overwrites.
+        for key, field in self.spec["schema"].items():
+            _extend_npy(self.path / f"{key}.npy", new)
+        _extend_npy(self.path / COMPLETED, new)
+        masks = np.lib.format.open_memmap(self.path / "masks.npy", mode="r+")
+        for start in range(old, new, chunk):
+            stop = min(new, start + chunk)
+            masks[start:stop] = np.stack([subset_mask(seed, i, self.num_train, alpha) for i in range(start, stop)])
+        masks.flush()
+        del masks
+        spec = json.loads(json.dumps(self.spec))
+        spec["num_models"] = new
+        if add_eval:
+            spec["datamodels"]["eval_ranges"] = self.meta.get("eval_ranges", []) + [[old + add_fit, new]]
+        _atomic_write(self.path / SPEC, json.dumps(spec, indent=2))
+        self.__init__(self.path, mode=self.mode)
+        return add_fit, add_eval
+
+    def write(self, indices: Sequence[int], margins: np.ndarray) -> None:
+        """Store finished rows: margins first, flushed, then their completion flags."""
+        self._writable()
+        indices = np.asarray(indices, dtype=np.int64)
+        margins = np.asarray(margins)
+        if margins.shape != (len(indices), self.num_targets):
+            raise DatamodelsError(f"margins of shape {margins.shape} do not fit rows {len(indices)} x "
+                                  f"{self.num_targets} targets")
+        self.margins[indices] = margins
+        self.margins.flush()
+        self.completed[indices] = True
+        self.completed.flush()
+
+    def record_failures(self, failures: Dict[int, str]) -> None:
+        self._writable()
+        current = self.failures()
+        current.update({int(k): str(v) for k, v in failures.items()})
+        _atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
+
+    def clear_failures(self, indices: Sequence[int]) -> None:
+        current = self.failures()
+        if any(int(i) in current for i in indices):
+            for i in indices:
+                current.pop(int(i), None)
+            _atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
+
+    # ---- internals -------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.mode != "r+":
+            raise RuntimeError("store opened read-only")
+
+    def _check_spec(self) -> None:
+        spec = self.spec
+        where = f"store {self.path}: {SPEC}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("num_models"), int) or spec["num_models"] < 0:
+            raise DatamodelsError(f"{where} needs a non-negative integer num_models")
+        schema = spec.get("schema")
+        if not isinstance(schema, dict) or "masks" not in schema or "margins" not in schema:
+            raise DatamodelsError(f"{where} needs a schema with 'masks' and 'margins'")
+        for key, field in schema.items():
+            if not isinstance(field, dict) or not isinstance(field.get("shape"), list):
+                raise DatamodelsError(f"{where}: schema.{key} needs a shape list and a dtype")
+            try:
+                np.dtype(field.get("dtype"))
+            except TypeError:
+                raise DatamodelsError(f"{where}: schema.{key}.dtype {field.get('dtype')!r} is not a numpy dtype") from None
+        if len(schema["masks"]["shape"]) != 1 or len(schema["margins"]["shape"]) != 1:
+            raise DatamodelsError(f"{where}: masks and margins must each have a one-dimensional row shape")
+
+    def _open_array(self, name: str, shape: List[int], dtype: str) -> np.memmap:
+        p = self.path / name
+        if not p.is_file():
+            raise DatamodelsError(f"store {self.path}: {name} is missing")
+        try:
+            arr = np.lib.format.open_memmap(p, mode=self.mode)
+        except ValueError as exc:
+            raise DatamodelsError(f"store {self.path}: {name} is corrupt or truncated ({exc})") from None
+        if arr.dtype != np.dtype(dtype) or list(arr.shape[1:]) != list(shape[1:]) or arr.shape[0] < shape[0]:
+            raise DatamodelsError(f"store {self.path}: {name} has shape {list(arr.shape)} and dtype {arr.dtype}, "
+                                  f"but {SPEC} says {shape} and {np.dtype(dtype)}")
+        return arr[: shape[0]]
+
+
+_HEADER_IO = {
+    (1, 0): (np.lib.format.read_array_header_1_0, np.lib.format.write_array_header_1_0),
+    (2, 0): (np.lib.format.read_array_header_2_0, np.lib.format.write_array_header_2_0),
+}
+
+
+def _create_npy(path: Path, shape, dtype) -> None:
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
+    del arr
+
+
+def _extend_npy(path: Path, num_rows: int) -> None:
+    """Grow a ``.npy`` file's first axis in place: rewrite the header (numpy leaves room for a
+    longer shape) and extend the file; the new rows read as zeros."""
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        read_header, write_header = _HEADER_IO[version]
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        if shape[0] >= num_rows:
+            return
+        header = {"shape": (num_rows, *shape[1:]), "fortran_order": fortran,
+                  "descr": np.lib.format.dtype_to_descr(dtype)}
+        buf = io.BytesIO()
+        write_header(buf, header)
+        if len(buf.getvalue()) != offset:
+            raise DatamodelsError(f"cannot grow {path}: its header has no room for {num_rows} rows")
+        f.truncate(offset + num_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        f.seek(0)
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
