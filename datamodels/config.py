@@ -68,10 +68,10 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-def _one_line(exc: OmegaConfBaseException) -> str:
+def _one_line(exc: OmegaConfBaseException, section: str = "") -> str:
     msg = str(exc).strip().splitlines()[0]
     key = getattr(exc, "full_key", None)
-    return f"{key}: {msg}" if key and key not in msg else msg
+    return f"{section}{key}: {msg}" if key else msg
 
 
 def load(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -156,24 +156,24 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def worker_config(section: Any) -> DictConfig:
+def worker_config(section: Any) -> Dict[str, Any]:
     """Validate the worker section against the named worker module's ``Config``."""
-    section = OmegaConf.create(section) if not isinstance(section, DictConfig) else section
+    if isinstance(section, DictConfig):
+        section = OmegaConf.to_container(section)
     name = section.get("name")
     _check(isinstance(name, str) and name, "worker.name must name a worker module, e.g. workers.mlp")
     module = load_worker(name)
     schema = getattr(module, "Config", None)
     if schema is None:
-        return section
+        return dict(section)
     _check(dataclasses.is_dataclass(schema), f"worker {name}: Config must be a dataclass")
-    params = OmegaConf.to_container(section)
-    params.pop("name")
+    params = {k: v for k, v in section.items() if k != "name"}
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), params)
     except OmegaConfBaseException as exc:
-        raise DatamodelsError(f"bad config: worker.{_one_line(exc)}") from None
-    out = OmegaConf.create({"name": name})
-    return OmegaConf.merge(out, merged)
+        raise DatamodelsError(f"bad config: {_one_line(exc, 'worker.')}") from None
+    # Stored untyped: the Config section is declared as a free-form mapping.
+    return {"name": name, **OmegaConf.to_container(merged)}
 
 
 def load_worker(name: str):

@@ -1,0 +1,232 @@
+"""The sweep: train every model of the store as Ray tasks, driver-owned writes.
+
+The driver owns all state.  It creates or opens the store, adds the rows the
+config asks for (writing their masks), packs the unfinished rows into tasks of
+K models, and submits them to Ray.  A task is a pure function of its inputs
+(masks, seeds, worker config, data) and returns margins; the driver validates
+them and writes them into the store, so worker nodes need no shared file system.
+Re-running the same sweep resumes: finished rows are skipped.
+
+Data reaches the nodes through Ray's object store: the driver puts the prepared
+``.beton`` files there once, and each node unpacks them into a local cache
+directory the first time one of its tasks needs them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import config as config_lib
+from .errors import DatamodelsError
+from .store import Store, model_seed
+
+DATA_FILES = ("train.beton", "test.beton", "meta.json")
+
+
+# ---- what runs on the workers ----------------------------------------------------------------
+
+def _local_data_dir(digest: str, payload_ref) -> str:
+    """This node's copy of the prepared data, unpacked from the object store on first use."""
+    import ray
+    from filelock import FileLock
+
+    root = Path(os.environ.get("DATAMODELS_CACHE", Path(tempfile.gettempdir()) / "datamodels-cache"))
+    target = root / digest
+    if (target / "meta.json").exists():
+        return str(target)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{digest}.lock")):  # several worker processes per node race here
+        if not (target / "meta.json").exists():
+            files = ray.get(payload_ref[0])
+            tmp = Path(tempfile.mkdtemp(dir=root))
+            for name, blob in files.items():
+                (tmp / name).write_bytes(blob)
+            os.replace(tmp, target)
+    return str(target)
+
+
+def run_task(worker_name: str, masks: np.ndarray, seeds: np.ndarray, worker_cfg: dict, data: dict,
+             num_targets: int, payload_ref=None) -> np.ndarray:
+    """Train the task's models; the body of every Ray task (also callable without Ray).
+
+    Bad output (wrong shape, NaN/inf) raises here, inside the task, so Ray retries it like
+    any other failure instead of the driver storing junk."""
+    module = config_lib.load_worker(worker_name)
+    data = dict(data)
+    if payload_ref is not None:
+        data["dir"] = _local_data_dir(data.pop("digest"), payload_ref)
+    result = module.train(masks, seeds, {"worker": worker_cfg, "data": data})
+    return check_margins(result, len(masks), num_targets)
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+def num_targets_for(meta: dict, targets: str) -> int:
+    return int(meta["num_test"]) + (int(meta["num_train"]) if targets == "test+train" else 0)
+
+
+def open_store(cfg, meta: dict) -> Store:
+    """The sweep's store, created on first use; an existing one must match the config."""
+    path = Path(cfg.out) / "store"
+    num_targets = num_targets_for(meta, cfg.data.targets)
+    if not (path / "spec.json").exists():
+        return Store.create(path, num_train=meta["num_train"], num_targets=num_targets,
+                            alpha=cfg.sweep.alpha, seed=cfg.seed, margins_dtype=cfg.sweep.margins_dtype,
+                            extra={"targets": cfg.data.targets, "worker": cfg.worker.name})
+    store = Store(path, mode="r+")
+    expected = {"alpha": (store.alpha, float(cfg.sweep.alpha)), "seed": (store.seed, int(cfg.seed)),
+                "num_train": (store.num_train, int(meta["num_train"])),
+                "num_targets": (store.num_targets, num_targets),
+                "margins_dtype": (str(store.margins.dtype), cfg.sweep.margins_dtype)}
+    for name, (have, want) in expected.items():
+        if have != want:
+            raise DatamodelsError(f"store {path} was made with {name}={have}, but the config asks for {want}; "
+                                  f"use another out directory or the original config")
+    return store
+
+
+def pack_tasks(rows: np.ndarray, models_per_task: int) -> List[np.ndarray]:
+    """Unfinished rows grouped by ``row // K``: the same rows always share a task, whatever
+    else has finished, so a resumed sweep trains exactly what an undisturbed one would."""
+    if len(rows) == 0:
+        return []
+    groups = rows // models_per_task
+    cuts = np.flatnonzero(np.diff(groups)) + 1
+    return np.split(rows, cuts)
+
+
+def check_margins(result, num_models: int, num_targets: int) -> np.ndarray:
+    arr = np.asarray(result, dtype=np.float32) if result is not None else np.empty(0)
+    if arr.shape != (num_models, num_targets):
+        raise ValueError(f"worker returned margins of shape {arr.shape}, expected {(num_models, num_targets)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"worker returned non-finite margins ({int((~np.isfinite(arr)).sum())} values)")
+    return arr
+
+
+def _data_payload(data_dir: Path) -> Tuple[str, Dict[str, bytes]]:
+    files = {name: (data_dir / name).read_bytes() for name in DATA_FILES}
+    digest = hashlib.sha256(b"".join(hashlib.sha256(files[n]).digest() for n in DATA_FILES)).hexdigest()[:16]
+    return digest, files
+
+
+def _connect(address: Optional[str]):
+    """Connect to ``address`` or start a local Ray instance; returns whether we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"Ray cluster at {address}" if address else "a local Ray instance"
+        raise DatamodelsError(f"cannot connect to {where}: {str(exc).splitlines()[0]}") from None
+    return True
+
+
+def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) -> dict:
+    """Train all models the config asks for into ``<out>/store``; returns a summary.
+
+    ``address`` (or ``sweep.address``) connects to an existing Ray cluster; otherwise a local
+    Ray instance is started for the run and stopped after it.
+    """
+    import ray
+
+    from .prepare import prepare, read_meta
+
+    cfg = config_lib.coerce(config)
+    data_dir = prepare(cfg, progress=progress)
+    meta = read_meta(data_dir)
+    store = open_store(cfg, meta)
+    s = cfg.sweep
+    started = time.time()
+    with store.lock():
+        store.grow(s.num_models, s.num_eval_models)
+        todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
+        tasks = pack_tasks(todo, s.models_per_task)
+        summary = {"store": str(store.path), "num_models": store.num_models,
+                   "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {}}
+        if tasks:
+            we_started = _connect(address or s.address)
+            try:
+                summary.update(_drive(store, tasks, cfg, data_dir, progress))
+            finally:
+                if we_started:
+                    ray.shutdown()
+    summary["wall_s"] = time.time() - started
+    if summary["failed"]:
+        rows = sorted(summary["failed"])
+        raise DatamodelsError(f"sweep finished with {len(rows)} failed models (rows {rows[:10]}"
+                              f"{' ...' if len(rows) > 10 else ''}); see `datamodels status {store.path}`")
+    return summary
+
+
+def _drive(store: Store, tasks: List[np.ndarray], cfg, data_dir: Path, progress: bool) -> dict:
+    import ray
+
+    s = cfg.sweep
+    seed = store.seed
+    worker_cfg = config_lib.to_dict(cfg.worker)
+    digest, files = _data_payload(data_dir)
+    payload_ref = [ray.put(files)]  # nested in a list: tasks fetch it only when their node lacks the data
+    data = {"digest": digest, "targets": cfg.data.targets}
+    remote = ray.remote(run_task).options(
+        num_cpus=s.cpus_per_task, num_gpus=s.gpus_per_task,
+        max_retries=s.max_retries, retry_exceptions=True)
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(s.cpus_per_task, 1e-3)))
+    if s.gpus_per_task > 0:
+        slots = min(slots, max(1, int(ray.cluster_resources().get("GPU", 0) // s.gpus_per_task)))
+    max_in_flight = s.max_in_flight or 2 * slots
+
+    pending = list(reversed(tasks))
+    in_flight: Dict = {}
+    failed: Dict[int, str] = {}
+    trained = 0
+    bar = tqdm(total=sum(len(t) for t in tasks), unit="model", desc="sweep", disable=not progress, smoothing=0.05)
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < max_in_flight:
+                rows = pending.pop()
+                masks = np.asarray(store.masks[rows])
+                seeds = np.array([model_seed(seed, i) for i in rows], dtype=np.int64)
+                ref = remote.remote(cfg.worker.name, masks, seeds, worker_cfg, data, store.num_targets, payload_ref)
+                in_flight[ref] = rows
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                rows = in_flight.pop(ref)
+                try:
+                    margins = check_margins(ray.get(ref), len(rows), store.num_targets)
+                except Exception as exc:  # the task failed after all its retries, or returned junk
+                    message = _describe(exc)
+                    failed.update({int(i): message for i in rows})
+                    store.record_failures({int(i): message for i in rows})
+                    bar.update(len(rows))
+                    continue
+                store.write(rows, margins)
+                store.clear_failures(rows)
+                trained += len(rows)
+                bar.update(len(rows))
+    finally:
+        bar.close()
+    return {"trained": trained, "failed": failed}
+
+
+def _describe(exc: Exception) -> str:
+    import ray
+
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    return f"{type(exc).__name__}: {''.join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]}"

@@ -1,0 +1,41 @@
+"""Pieces shared by workers: reading the prepared data once per process, and margins."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+_CACHE: Dict[Tuple[str, str, float], Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def load_split(data_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Images [n, H, W, C] and labels [n] of one split, read through FFCV.
+
+    Cached per process: a Ray worker process runs many tasks, and building an FFCV
+    loader (pipeline compile included) costs far more than a small model's training.
+    """
+    from datamodels.prepare import load_arrays
+
+    path = Path(data_dir) / f"{split}.beton"
+    key = (str(path.resolve()), split, path.stat().st_mtime)
+    if key not in _CACHE:
+        _CACHE[key] = load_arrays(data_dir, split)
+    return _CACHE[key]
+
+
+def targets(data_dir: str, which: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The target examples, in store column order: the test split, then optionally the training split."""
+    x, y = load_split(data_dir, "test")
+    if which == "test+train":
+        x_train, y_train = load_split(data_dir, "train")
+        x, y = np.concatenate([x, x_train]), np.concatenate([y, y_train])
+    return x, y
+
+
+def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Correct-class logit minus the largest other logit, over the last axis."""
+    correct = logits.gather(-1, labels.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    others = logits.scatter(-1, labels.expand(*logits.shape[:-1]).unsqueeze(-1), float("-inf"))
+    return correct - others.amax(-1)
