@@ -42,6 +42,7 @@ class SweepConfig:
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     max_retries: int = 2  # retries of a failing task before it is recorded as failed
+    task_timeout_s: float = 0.0  # a task running longer is cancelled and retried; 0 = no limit
     max_in_flight: int = 0  # tasks submitted at once; 0 = twice the cluster's task slots
     address: Optional[str] = None  # existing Ray cluster; None starts a local one
     margins_dtype: str = "float32"
@@ -141,6 +142,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(s.cpus_per_task >= 0, f"sweep.cpus_per_task must be >= 0, got {s.cpus_per_task}")
     _check(s.gpus_per_task >= 0, f"sweep.gpus_per_task must be >= 0, got {s.gpus_per_task}")
     _check(s.max_retries >= 0, f"sweep.max_retries must be >= 0, got {s.max_retries}")
+    _check(s.task_timeout_s >= 0, f"sweep.task_timeout_s must be >= 0, got {s.task_timeout_s}")
     _check(s.max_in_flight >= 0, f"sweep.max_in_flight must be >= 0, got {s.max_in_flight}")
     _check(s.margins_dtype in ("float16", "float32", "float64"),
            f"sweep.margins_dtype must be float16, float32 or float64, got {s.margins_dtype!r}")

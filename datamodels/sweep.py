@@ -17,9 +17,9 @@ import hashlib
 import os
 import tempfile
 import time
-import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -118,7 +118,7 @@ def _data_payload(data_dir: Path) -> Tuple[str, Dict[str, bytes]]:
     return digest, files
 
 
-def _connect(address: Optional[str]):
+def _connect(address: Optional[str]) -> bool:
     """Connect to ``address`` or start a local Ray instance; returns whether we started it."""
     import ray
 
@@ -142,29 +142,33 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
     ``address`` (or ``sweep.address``) connects to an existing Ray cluster; otherwise a local
     Ray instance is started for the run and stopped after it.
     """
-    import ray
-
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)
     data_dir = prepare(cfg, progress=progress)
-    meta = read_meta(data_dir)
-    store = open_store(cfg, meta)
+    store = open_store(cfg, read_meta(data_dir))
     s = cfg.sweep
     started = time.time()
     with store.lock():
         store.grow(s.num_models, s.num_eval_models)
         todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
-        tasks = pack_tasks(todo, s.models_per_task)
         summary = {"store": str(store.path), "num_models": store.num_models,
                    "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {}}
+        tasks = [(rows, np.asarray(store.masks[rows]), _seeds(store.seed, rows))
+                 for rows in pack_tasks(todo, s.models_per_task)]
+
+        def on_result(rows, margins):
+            store.write(rows, margins)
+            store.clear_failures(rows)
+            summary["trained"] += len(rows)
+
+        def on_failure(rows, message):
+            store.record_failures({int(i): message for i in rows})
+            summary["failed"].update({int(i): message for i in rows})
+
         if tasks:
-            we_started = _connect(address or s.address)
-            try:
-                summary.update(_drive(store, tasks, cfg, data_dir, progress))
-            finally:
-                if we_started:
-                    ray.shutdown()
+            with ray_session(address or s.address):
+                execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress, desc="sweep")
     summary["wall_s"] = time.time() - started
     if summary["failed"]:
         rows = sorted(summary["failed"])
@@ -173,11 +177,68 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
     return summary
 
 
-def _drive(store: Store, tasks: List[np.ndarray], cfg, data_dir: Path, progress: bool) -> dict:
+def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *, address: Optional[str] = None,
+                progress: bool = True) -> np.ndarray:
+    """Train one model per given mask through the sweep machinery and return their margins
+    [num_masks, num_targets], without touching the store (used to verify predictions by retraining).
+
+    Seeds default to ones derived from the config's seed, disjoint from the store's models."""
+    from .prepare import prepare, read_meta
+
+    cfg = config_lib.coerce(config)
+    data_dir = prepare(cfg, progress=progress)
+    meta = read_meta(data_dir)
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 2 or masks.shape[1] != int(meta["num_train"]):
+        raise DatamodelsError(f"masks must have shape [n, {meta['num_train']}] (one column per training example), "
+                              f"got {list(masks.shape)}")
+    if seeds is None:
+        seeds = _seeds(cfg.seed + 1_000_003, np.arange(len(masks)))
+    num_targets = num_targets_for(meta, cfg.data.targets)
+    out = np.full((len(masks), num_targets), np.nan, dtype=np.float32)
+    errors: Dict[int, str] = {}
+    rows_all = np.arange(len(masks))
+    tasks = [(rows, masks[rows], np.asarray(seeds)[rows]) for rows in pack_tasks(rows_all, cfg.sweep.models_per_task)]
+
+    def on_result(rows, margins):
+        out[rows] = margins
+
+    def on_failure(rows, message):
+        errors.update({int(i): message for i in rows})
+
+    with ray_session(address or cfg.sweep.address):
+        execute(tasks, cfg, data_dir, num_targets, on_result, on_failure, progress, desc="retrain")
+    if errors:
+        first = next(iter(errors.values()))
+        raise DatamodelsError(f"{len(errors)} of {len(masks)} retraining models failed; first error: {first}")
+    return out
+
+
+def _seeds(seed: int, rows: np.ndarray) -> np.ndarray:
+    return np.array([model_seed(seed, i) for i in rows], dtype=np.int64)
+
+
+@contextmanager
+def ray_session(address: Optional[str]):
+    """Ray for the duration of a block: an existing connection, a cluster at ``address``, or a
+    local instance started here and stopped afterwards."""
+    import ray
+
+    started = _connect(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_dir: Path, num_targets: int,
+            on_result: Callable, on_failure: Callable, progress: bool, desc: str) -> None:
+    """Run ``(rows, masks, seeds)`` tasks on Ray with bounded submissions, handing each result
+    (or final failure) to the driver's callbacks as it arrives."""
     import ray
 
     s = cfg.sweep
-    seed = store.seed
     worker_cfg = config_lib.to_dict(cfg.worker)
     digest, files = _data_payload(data_dir)
     payload_ref = [ray.put(files)]  # nested in a list: tasks fetch it only when their node lacks the data
@@ -185,48 +246,66 @@ def _drive(store: Store, tasks: List[np.ndarray], cfg, data_dir: Path, progress:
     remote = ray.remote(run_task).options(
         num_cpus=s.cpus_per_task, num_gpus=s.gpus_per_task,
         max_retries=s.max_retries, retry_exceptions=True)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(s.cpus_per_task, 1e-3)))
+    resources = ray.cluster_resources()
+    slots = max(1, int(resources.get("CPU", 1) // max(s.cpus_per_task, 1e-3)))
     if s.gpus_per_task > 0:
-        slots = min(slots, max(1, int(ray.cluster_resources().get("GPU", 0) // s.gpus_per_task)))
-    max_in_flight = s.max_in_flight or 2 * slots
+        slots = min(slots, max(1, int(resources.get("GPU", 0) // s.gpus_per_task)))
+    max_in_flight = s.max_in_flight or 2 * slots  # enough to keep every slot busy, not the whole sweep queued
 
     pending = list(reversed(tasks))
-    in_flight: Dict = {}
-    failed: Dict[int, str] = {}
-    trained = 0
-    bar = tqdm(total=sum(len(t) for t in tasks), unit="model", desc="sweep", disable=not progress, smoothing=0.05)
+    in_flight: Dict = {}  # ref -> (task, submitted at, timeouts so far)
+    bar = tqdm(total=sum(len(t[0]) for t in tasks), unit="model", desc=desc, disable=not progress, smoothing=0.05)
+
+    def submit(task, timeouts=0):
+        rows, masks, seeds = task
+        ref = remote.remote(cfg.worker.name, masks, seeds, worker_cfg, data, num_targets, payload_ref)
+        in_flight[ref] = (task, time.monotonic(), timeouts)
+
     try:
         while pending or in_flight:
             while pending and len(in_flight) < max_in_flight:
-                rows = pending.pop()
-                masks = np.asarray(store.masks[rows])
-                seeds = np.array([model_seed(seed, i) for i in rows], dtype=np.int64)
-                ref = remote.remote(cfg.worker.name, masks, seeds, worker_cfg, data, store.num_targets, payload_ref)
-                in_flight[ref] = rows
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+                submit(pending.pop())
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0 if s.task_timeout_s else None)
             for ref in done:
-                rows = in_flight.pop(ref)
+                task, _, _ = in_flight.pop(ref)
+                rows = task[0]
                 try:
-                    margins = check_margins(ray.get(ref), len(rows), store.num_targets)
-                except Exception as exc:  # the task failed after all its retries, or returned junk
-                    message = _describe(exc)
-                    failed.update({int(i): message for i in rows})
-                    store.record_failures({int(i): message for i in rows})
-                    bar.update(len(rows))
-                    continue
-                store.write(rows, margins)
-                store.clear_failures(rows)
-                trained += len(rows)
+                    margins = check_margins(ray.get(ref), len(rows), num_targets)
+                except Exception as exc:  # the task failed after all its retries
+                    on_failure(rows, _describe(exc))
+                else:
+                    on_result(rows, margins)
                 bar.update(len(rows))
+            if s.task_timeout_s:
+                _cancel_stragglers(in_flight, s, submit, on_failure, bar)
     finally:
         bar.close()
-    return {"trained": trained, "failed": failed}
+
+
+def _cancel_stragglers(in_flight: Dict, s, submit: Callable, on_failure: Callable, bar) -> None:
+    """Cancel tasks running past ``task_timeout_s``; resubmit them until retries run out."""
+    import ray
+
+    now = time.monotonic()
+    for ref, (task, started, timeouts) in list(in_flight.items()):
+        if now - started < s.task_timeout_s:
+            continue
+        ray.cancel(ref, force=True)
+        del in_flight[ref]
+        if timeouts < s.max_retries:
+            submit(task, timeouts + 1)
+        else:
+            on_failure(task[0], f"TimeoutError: task ran longer than sweep.task_timeout_s={s.task_timeout_s} "
+                                f"s on {timeouts + 1} attempts")
+            bar.update(len(task[0]))
 
 
 def _describe(exc: Exception) -> str:
+    """One line: the worker's exception type and last message line."""
     import ray
 
-    if isinstance(exc, ray.exceptions.RayTaskError):
-        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-    return f"{type(exc).__name__}: {''.join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]}"
+    cause = exc
+    if isinstance(exc, ray.exceptions.RayTaskError) and getattr(exc, "cause", None) is not None:
+        cause = exc.cause
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"

@@ -1,0 +1,458 @@
+"""Turn the configured data set into FFCV ``.beton`` files, once.
+
+``prepare`` writes ``train.beton`` and ``test.beton`` (fields ``image`` and
+``label``) plus ``meta.json`` into ``<out>/data``.  Three sources are supported:
+
+* ``digits``: scikit-learn's bundled 8×8 digits, split into train and test by a
+  seeded draw of ``data.num_test`` test examples (original order kept in each split);
+* ``npz``: a user's ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``;
+* ``cifar10``: the standard ``cifar-10-python.tar.gz`` or its extracted folder.
+
+Everything is loaded and validated before anything is written, so bad input
+leaves nothing behind.  The betons are written under temporary names and renamed
+into place, and ``meta.json`` comes last: its presence means "prepared", so an
+interrupted run leaves no ``meta.json`` and the next run starts over.  A data
+directory prepared from the same settings is reused as is; one prepared from
+other settings is an error, never silently overwritten.
+
+``load_arrays`` reads a split back through an FFCV ``Loader``; workers and tests
+use it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import pickle
+import sys
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, Tuple
+
+import numpy as np
+
+from . import config as config_lib
+from .errors import DatamodelsError
+
+META = "meta.json"
+SPLITS = ("train", "test")
+FORMAT_VERSION = 1
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR_META = "batches.meta"
+# Only writes at least this long get a progress bar; short ones would just add noise.
+PROGRESS_MIN_EXAMPLES = 10_000
+# Small data sets are written by one process: a second one costs more to start than it saves.
+PARALLEL_MIN_EXAMPLES = 5_000
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # [n, H, W, C], uint8 or float32
+    labels: np.ndarray  # [n], int64
+
+
+# ---- public API -------------------------------------------------------------------------------
+
+def prepare(config=None, data_dir=None, progress: bool = True) -> Path:
+    """Write the config's data set as FFCV files into ``data_dir`` (default ``<out>/data``)
+    and return that directory.  Does nothing if it already holds the same data."""
+    cfg = config_lib.coerce(config)
+    data_dir = Path(data_dir) if data_dir is not None else Path(cfg.out) / "data"
+    settings = _settings(cfg.data)
+    if _is_prepared(data_dir, settings):
+        return data_dir
+
+    splits, num_classes, image_field = _load(cfg.data, settings)
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatamodelsError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+    from filelock import FileLock
+
+    # Two runs sharing an output directory may prepare at once; the second waits and reuses.
+    with FileLock(str(data_dir / ".prepare.lock")):
+        if _is_prepared(data_dir, settings):
+            return data_dir
+        # Same settings but a beton is gone: drop the stale meta.json first, so a crash during
+        # the rewrite cannot leave it pointing at half-written files.
+        (data_dir / META).unlink(missing_ok=True)
+        for name, split in zip(SPLITS, splits):
+            _write_beton(data_dir / f"{name}.beton", split, image_field, progress, name)
+        train, test = splits
+        meta = {
+            **settings,
+            "num_train": len(train.labels),
+            "num_test": len(test.labels),
+            "num_classes": int(num_classes),
+            "image_shape": [int(d) for d in train.images.shape[1:]],
+            "image_dtype": str(train.images.dtype),
+            "image_field": image_field,
+            "version": FORMAT_VERSION,
+        }
+        _atomic_write(data_dir / META, json.dumps(meta, indent=2))
+    return data_dir
+
+
+def read_meta(data_dir) -> dict:
+    """The ``meta.json`` of a prepared data directory."""
+    path = Path(data_dir) / META
+    if not path.is_file():
+        raise DatamodelsError(f"{data_dir} holds no prepared data ({META} is missing); run `datamodels prepare` first")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatamodelsError(f"{path} is not valid JSON ({exc}); delete {data_dir} and prepare again") from None
+    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+        raise DatamodelsError(f"{path} was written by an incompatible version; delete {data_dir} and prepare again")
+    return meta
+
+
+def load_arrays(data_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Images [n, H, W, C] (uint8 or float32) and int64 labels [n] of ``split``, read through FFCV."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    meta = read_meta(data_dir)
+    path = Path(data_dir) / f"{split}.beton"
+    if not path.is_file():
+        raise DatamodelsError(f"{path} is missing; delete {data_dir} and prepare again")
+    num = int(meta[f"num_{split}"])
+
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.ndarray import NDArrayDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    decoder = SimpleRGBImageDecoder() if meta["image_field"] == "rgb" else NDArrayDecoder()
+    loader = Loader(str(path), batch_size=max(1, min(num, 4096)), num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, os_cache=True,
+                    pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()]})
+    images, labels = [], []
+    for x, y in loader:
+        # The loader reuses its batch buffers, so each batch is copied out before the next.
+        images.append(x.numpy().copy())
+        labels.append(y.numpy().reshape(-1).astype(np.int64))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if len(labels) != num:
+        raise DatamodelsError(f"{path} holds {len(labels)} examples but {META} says {num}; "
+                              f"delete {data_dir} and prepare again")
+    return images, labels
+
+
+# ---- settings and reuse -----------------------------------------------------------------------
+
+def _settings(data) -> dict:
+    """What identifies a prepared data set: two preparations with equal settings are equal."""
+    if data.source == "digits":
+        return {"source": "digits", "path": None, "split_seed": int(data.split_seed),
+                "num_test_requested": int(data.num_test)}
+    # The split is fixed by the file itself, so the digits-only split keys are left out.
+    return {"source": data.source, "path": str(Path(data.path).expanduser().resolve()),
+            "split_seed": None, "num_test_requested": None}
+
+
+def _describe(settings: dict) -> str:
+    if settings.get("source") == "digits":
+        return (f"digits (num_test={settings.get('num_test_requested')}, "
+                f"split_seed={settings.get('split_seed')})")
+    return f"{settings.get('source')} {settings.get('path')}"
+
+
+def _is_prepared(data_dir: Path, settings: dict) -> bool:
+    if not (data_dir / META).is_file():
+        return False
+    meta = read_meta(data_dir)
+    if any(meta.get(key) != value for key, value in settings.items()):
+        raise DatamodelsError(f"{data_dir} holds data prepared from {_describe(meta)}, but the config asks for "
+                              f"{_describe(settings)}; use another output directory or delete {data_dir}")
+    return all((data_dir / f"{name}.beton").is_file() for name in SPLITS)
+
+
+# ---- loading and validation -------------------------------------------------------------------
+
+def _load(data, settings) -> Tuple[Tuple[Split, Split], int, str]:
+    """The validated (train, test) splits, the number of classes and the FFCV image field kind."""
+    if data.source == "digits":
+        train, test = _load_digits(int(data.num_test), int(data.split_seed))
+        return (train, test), 10, "ndarray"
+    path = Path(settings["path"])
+    if not path.exists():
+        raise DatamodelsError(f"data.path: {path} not found")
+    if data.source == "npz":
+        train, test = _load_npz(path)
+        return (train, test), int(max(train.labels.max(), test.labels.max())) + 1, "ndarray"
+    train, test, num_classes = _load_cifar10(path)
+    return (train, test), num_classes, "rgb"
+
+
+def digits_split(num_examples: int, num_test: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices of the digits train and test splits, each in the original order."""
+    test = np.zeros(num_examples, dtype=bool)
+    test[np.random.default_rng(seed).permutation(num_examples)[:num_test]] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def _load_digits(num_test: int, seed: int) -> Tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = len(digits.target)
+    if num_test >= n:
+        raise DatamodelsError(f"data.num_test={num_test} leaves no training examples (digits has {n})")
+    # Pixel values are whole numbers 0..16, so uint8 holds them exactly at a quarter of the size.
+    images = digits.images.astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    train, test = digits_split(n, num_test, seed)
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def _load_npz(path: Path) -> Tuple[Split, Split]:
+    if not path.is_file():
+        raise DatamodelsError(f"data.path: {path} is not a file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatamodelsError(f"{path} is not a valid .npz file ({_first_line(exc)})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DatamodelsError(f"{path} is not a valid .npz file (it holds a single array, not named arrays)")
+    with archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise DatamodelsError(f"{path} is missing {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
+        arrays = {}
+        for key in NPZ_KEYS:
+            try:
+                arrays[key] = archive[key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise DatamodelsError(f"{path}: cannot read {key} ({_first_line(exc)})") from None
+    splits = [_check_split(name, arrays[f"x_{name}"], arrays[f"y_{name}"]) for name in SPLITS]
+    train, test = splits
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DatamodelsError(f"{path}: train images are {_shape(train.images)} but test images are "
+                              f"{_shape(test.images)}; both splits need the same image shape")
+    if train.images.dtype != test.images.dtype:
+        # One split uint8 and the other float: float32 holds both exactly.
+        train.images, test.images = train.images.astype(np.float32), test.images.astype(np.float32)
+    return train, test
+
+
+def _check_split(name: str, x: np.ndarray, y: np.ndarray) -> Split:
+    xk, yk = f"x_{name}", f"y_{name}"
+    if y.ndim == 2 and y.shape[1] == 1:  # column vectors of labels are common; they mean the same
+        y = y[:, 0]
+    if x.ndim == 0 or y.ndim != 1:
+        raise DatamodelsError(f"{xk} must be an array of images and {yk} a 1-D array of labels, "
+                              f"got shapes {list(x.shape)} and {list(y.shape)}")
+    if len(x) != len(y):
+        raise DatamodelsError(f"{name} split: {xk} has {len(x)} examples but {yk} has {len(y)}")
+    if len(x) == 0:
+        raise DatamodelsError(f"{name} split is empty: {xk} and {yk} have no examples")
+    if y.dtype.kind not in "iu":
+        raise DatamodelsError(f"{yk} must hold integer class labels, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise DatamodelsError(f"{yk} has negative labels (min {int(y.min())}); labels must be 0, 1, 2, ...")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[3] not in (1, 3) or 0 in x.shape[1:]:
+        raise DatamodelsError(f"{xk} images must be H×W or H×W×C with C 1 or 3, got per-image shape "
+                              f"{list(x.shape[1:])}")
+    if x.dtype == np.uint8:
+        pass
+    elif x.dtype.kind in "iub":
+        # Integer pixels that fit a byte are stored as bytes, losslessly.
+        if x.min() < 0 or x.max() > 255:
+            raise DatamodelsError(f"{xk} has integer pixels outside 0..255 ({x.dtype}); store them as uint8 or float")
+        x = x.astype(np.uint8)
+    elif x.dtype.kind == "f":
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DatamodelsError(f"{xk} has NaN or infinite values (after conversion to float32)")
+    else:
+        raise DatamodelsError(f"{xk} must hold uint8 or floating-point pixels, got dtype {x.dtype}")
+    return Split(np.ascontiguousarray(x), y.astype(np.int64))
+
+
+def _load_cifar10(path: Path) -> Tuple[Split, Split, int]:
+    blobs = _cifar_blobs(path)
+    batches = {name: _cifar_batch(name, blobs[name]) for name in CIFAR_BATCHES}
+    num_classes = 10
+    if CIFAR_META in blobs:
+        meta = _unpickle(CIFAR_META, blobs[CIFAR_META])
+        names = meta.get(b"label_names") if isinstance(meta, dict) else None
+        if not isinstance(names, list) or not names:
+            raise DatamodelsError(f"CIFAR-10 {CIFAR_META} is corrupt: it has no label_names list")
+        num_classes = len(names)
+    for name, (_, labels) in batches.items():
+        if labels.max() >= num_classes:
+            raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: label {int(labels.max())} is not below "
+                                  f"the {num_classes} classes")
+    train_names = CIFAR_BATCHES[:-1]
+    train = Split(np.concatenate([batches[n][0] for n in train_names]),
+                  np.concatenate([batches[n][1] for n in train_names]))
+    test = Split(*batches["test_batch"])
+    return train, test, num_classes
+
+
+def _cifar_blobs(path: Path) -> Dict[str, bytes]:
+    """The raw bytes of the batch files (and batches.meta when present), by base name."""
+    wanted = CIFAR_BATCHES + (CIFAR_META,)
+    blobs: Dict[str, bytes] = {}
+    if path.is_dir():
+        folder = path / CIFAR_DIR if (path / CIFAR_DIR).is_dir() else path
+        if not (folder / CIFAR_BATCHES[0]).is_file():
+            raise DatamodelsError(f"data.path: {path} is neither a {CIFAR_DIR} folder nor its parent "
+                                  f"(no {CIFAR_BATCHES[0]} found)")
+        for name in wanted:
+            if (folder / name).is_file():
+                blobs[name] = (folder / name).read_bytes()
+        where = str(folder)
+    else:
+        where = str(path)
+        try:
+            # One pass in archive order: seeking backwards in a gzip stream decompresses it again.
+            # Members are read into memory, never extracted, so odd member paths cannot escape.
+            with tarfile.open(path, "r:*") as tar:
+                for member in tar:
+                    name = member.name[2:] if member.name.startswith("./") else member.name
+                    base = name[len(CIFAR_DIR) + 1:] if name.startswith(CIFAR_DIR + "/") else None
+                    if base in wanted and member.isfile():
+                        blobs[base] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise DatamodelsError(f"{path} is not a valid CIFAR-10 archive ({_first_line(exc)})") from None
+    missing = [name for name in CIFAR_BATCHES if name not in blobs]
+    if missing:
+        shown = ", ".join(f"{CIFAR_DIR}/{name}" for name in missing)
+        raise DatamodelsError(f"{where} is not a complete CIFAR-10 archive: {shown} missing")
+    return blobs
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """The CIFAR-10 batches are pickles; allow only what they contain (dicts, lists, bytes and
+    numpy arrays), so a doctored file cannot run code."""
+
+    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if module.startswith("numpy.core"):  # pickles from numpy 1.x name the pre-2.0 module
+            module = "numpy._core" + module[len("numpy.core"):]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(name: str, blob: bytes):
+    try:
+        return _SafeUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as exc:  # a damaged pickle fails in many ways
+        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: cannot unpickle it ({_first_line(exc)})") from None
+
+
+def _cifar_batch(name: str, blob: bytes) -> Tuple[np.ndarray, np.ndarray]:
+    """Images [n, 32, 32, 3] uint8 (HWC) and labels of one batch, checked."""
+    batch = _unpickle(name, blob)
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: it is not a dict with data and labels")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = list(data.shape) if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: data must be uint8 [n, 3072], got {shape}")
+    try:
+        labels = np.asarray(labels)
+    except Exception:
+        labels = np.asarray([])
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
+        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: labels must be {len(data)} integers")
+    if len(data) == 0:
+        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: it is empty")
+    if labels.min() < 0:
+        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: it has negative labels")
+    # Stored as planes (all red, then green, then blue); FFCV's RGB field wants H×W×3.
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return images, labels.astype(np.int64)
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+class _Examples:
+    """The indexed data set FFCV's writer reads: (image, label) pairs."""
+
+    def __init__(self, split: Split):
+        self.images, self.labels = split.images, split.labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def _write_beton(path: Path, split: Split, image_field: str, progress: bool, name: str) -> None:
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    n = len(split.labels)
+    if image_field == "rgb":
+        field = RGBImageField(write_mode="raw")
+    else:
+        field = NDArrayField(dtype=split.images.dtype, shape=tuple(split.images.shape[1:]))
+    # Every example must fit in one page; beyond that, small pages keep small data sets small.
+    example_bytes = split.images[0].nbytes + 64
+    page_size = 1 << max(21, int(np.ceil(np.log2(4 * example_bytes))))
+    if page_size >= 1 << 32:
+        raise DatamodelsError(f"images of {example_bytes} bytes are too large for an FFCV file")
+    tmp = path.with_name(path.name + ".tmp")
+    show = progress and n >= PROGRESS_MIN_EXAMPLES
+    if show:
+        print(f"writing {n} {name} examples to {path}", file=sys.stderr)
+    try:
+        writer = DatasetWriter(str(tmp), {"image": field, "label": IntField()}, page_size=page_size,
+                               num_workers=2 if n >= PARALLEL_MIN_EXAMPLES and (os.cpu_count() or 1) > 1 else 1)
+        with _writer_progress(show, name):
+            writer.from_indexed_dataset(_Examples(split))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _writer_progress(show: bool, name: str) -> Iterator[None]:
+    """FFCV's writer always draws a progress bar; keep it only when asked for."""
+    import ffcv.writer
+
+    original = ffcv.writer.tqdm
+    ffcv.writer.tqdm = functools.partial(original, desc=name, disable=not show)
+    try:
+        yield
+    finally:
+        ffcv.writer.tqdm = original
+
+
+# ---- small helpers ----------------------------------------------------------------------------
+
+def _shape(images: np.ndarray) -> str:
+    return "×".join(str(d) for d in images.shape[1:])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

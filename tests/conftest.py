@@ -1,0 +1,56 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+# Test-only worker modules live in tests/helpers; Ray worker processes inherit this path.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE / "helpers"), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(HERE / "helpers"))
+
+
+def tiny_config(tmp_path, **sections):
+    """A config small enough for tests: digits, a few dozen 3-epoch models."""
+    cfg = {
+        "out": str(tmp_path / "run"),
+        "seed": 0,
+        "data": {"source": "digits", "num_test": 100},
+        "sweep": {"num_models": 40, "num_eval_models": 10, "models_per_task": 10, "max_retries": 0},
+        "worker": {"name": "workers.mlp", "hidden": 16, "epochs": 3, "batch_size": 64},
+        "fit": {"num_lambdas": 10},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(name, {}).update(values)
+        else:
+            cfg[name] = values
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (starting one costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prepared_digits(tmp_path_factory):
+    """Digits prepared once; tests copy the data directory into their own run directory."""
+    from datamodels import config
+    from datamodels.prepare import prepare
+
+    root = tmp_path_factory.mktemp("digits")
+    return prepare(config.coerce(tiny_config(root)), progress=False)
+
+
+@pytest.fixture
+def run_config(tmp_path, prepared_digits):
+    import shutil
+
+    shutil.copytree(prepared_digits, tmp_path / "run" / "data")
+    return tiny_config(tmp_path)
