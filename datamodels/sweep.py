@@ -80,17 +80,26 @@ def open_store(cfg, meta: dict) -> Store:
     if not (path / "spec.json").exists():
         return Store.create(path, num_train=meta["num_train"], num_targets=num_targets,
                             alpha=cfg.sweep.alpha, seed=cfg.seed, margins_dtype=cfg.sweep.margins_dtype,
-                            extra={"targets": cfg.data.targets, "worker": cfg.worker.name})
+                            extra={"targets": cfg.data.targets, "worker": _training_settings(cfg)})
     store = Store(path, mode="r+")
     expected = {"alpha": (store.alpha, float(cfg.sweep.alpha)), "seed": (store.seed, int(cfg.seed)),
                 "num_train": (store.num_train, int(meta["num_train"])),
                 "num_targets": (store.num_targets, num_targets),
                 "margins_dtype": (str(store.margins.dtype), cfg.sweep.margins_dtype)}
+    made_with, asked = store.meta.get("worker"), _training_settings(cfg)
+    if isinstance(made_with, dict):  # mixing models of different training settings would be silent garbage
+        for key in sorted(set(made_with) | set(asked)):
+            expected[f"worker.{key}"] = (made_with.get(key), asked.get(key))
     for name, (have, want) in expected.items():
         if have != want:
             raise DatamodelsError(f"store {path} was made with {name}={have}, but the config asks for {want}; "
                                   f"use another out directory or the original config")
     return store
+
+
+def _training_settings(cfg) -> dict:
+    """The worker settings that define the model class; where it runs (device) does not."""
+    return {k: v for k, v in sorted(config_lib.to_dict(cfg.worker).items()) if k != "device"}
 
 
 def pack_tasks(rows: np.ndarray, models_per_task: int) -> List[np.ndarray]:

@@ -108,3 +108,10 @@ def test_train_masks_retrains_given_subsets(run_config, ray_local):
     np.testing.assert_allclose(margins, np.asarray(store.margins[rows]), rtol=1e-5, atol=1e-5)
     with pytest.raises(DatamodelsError, match="masks must have shape"):
         train_masks(run_config, np.ones((2, 5), bool), progress=False)
+
+
+def test_store_from_other_training_settings_is_refused(run_config, ray_local):
+    sweep(run_config, progress=False)
+    other = dict(run_config, worker=dict(run_config["worker"], epochs=4))
+    with pytest.raises(DatamodelsError, match="worker.epochs=3, but the config asks for 4"):
+        sweep(other, progress=False)

@@ -1,0 +1,82 @@
+"""The command line end to end on a tiny config: run, status, evaluate, query, and bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from datamodels.cli import main
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "datamodels.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+TINY = ["data.num_test=100", "sweep.num_models=60", "sweep.num_eval_models=20", "sweep.models_per_task=20",
+        "worker.hidden=16", "worker.epochs=3", "fit.num_lambdas=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = cli("run", "configs/digits.yaml", f"out={out}", *TINY)
+    return out, proc
+
+
+def test_run_writes_every_output(tiny_run):
+    out, proc = tiny_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_models"] == 80 and metrics["num_train"] == 1297 and metrics["num_targets"] == 100
+    assert -1 <= metrics["lds"] <= 1
+    for stage in ("prepare_s", "sweep_s", "fit_s", "evaluate_s"):
+        assert metrics[stage] >= 0
+    dm = np.load(out / "datamodels.npz")
+    assert dm["weight"].shape == (1297, 100) and dm["bias"].shape == (100,) and dm["lam"].shape == (100,)
+    assert (out / "config.yaml").exists() and (out / "store" / "spec.json").exists()
+
+
+def test_status_evaluate_query(tiny_run):
+    out, _ = tiny_run
+    status = json.loads(cli("status", out / "store", "--json").stdout)
+    assert status["completed"] == 80 and status["eval"] == {"total": 20, "completed": 20}
+    assert "80/80 models complete" in cli("status", out / "store").stdout
+    scores = json.loads(cli("evaluate", "--run", out, "--json").stdout)
+    assert len(scores["per_target"]) == 100
+    top = json.loads(cli("query", "top", "--target", 3, "--k", 4, "--run", out, "--json").stdout)
+    weights = np.load(out / "datamodels.npz")["weight"][:, 3]
+    assert [r["train_index"] for r in top["positive"]] == list(np.argsort(-weights, kind="stable")[:4])
+    assert [r["train_index"] for r in top["negative"]] == list(np.argsort(weights, kind="stable")[:4])
+    near = json.loads(cli("query", "nearest", "--target", 3, "--k", 5, "--run", out, "--json").stdout)
+    assert 3 not in [r["target"] for r in near["nearest"]]
+    cosines = [r["cosine"] for r in near["nearest"]]
+    assert cosines == sorted(cosines, reverse=True)
+    table = cli("query", "top", "--target", 3, "--run", out).stdout
+    assert "train_index" in table and "weight" in table
+
+
+def test_rerun_resumes_without_training(tiny_run):
+    out, _ = tiny_run
+    cli("run", "configs/digits.yaml", f"out={out}", *TINY)
+    assert json.loads((out / "metrics.json").read_text())["models_trained_now"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "configs/digits.yaml", "sweep.alpah=0.2"], "sweep.alpah"),
+    (["run", "configs/missing.yaml"], "config file not found"),
+    (["status", "/nonexistent/store"], "store not found"),
+    (["query", "top", "--target", "0", "--run", "/nonexistent"], "not found"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, message, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and message in err and len(err.splitlines()) == 1
+
+
+def test_query_target_out_of_range(tiny_run, capsys):
+    out, _ = tiny_run
+    assert main(["query", "top", "--target", "100", "--run", str(out)]) == 2
+    assert "out of range" in capsys.readouterr().err
