@@ -38,7 +38,7 @@ def _local_data_dir(digest: str, payload_ref) -> str:
     import ray
     from filelock import FileLock
 
-    root = Path(os.environ.get("DATAMODELS_CACHE", Path(tempfile.gettempdir()) / "datamodels-cache"))
+    root = Path(os.environ.get("DATAMODELS_CACHE") or Path(tempfile.gettempdir()) / "datamodels-cache")
     target = root / digest
     if (target / "meta.json").exists():
         return str(target)
@@ -162,7 +162,8 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
         store.grow(s.num_models, s.num_eval_models)
         todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
         summary = {"store": str(store.path), "num_models": store.num_models,
-                   "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {}}
+                   "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {},
+                   "retried": 0, "timed_out": 0}
         tasks = [(rows, np.asarray(store.masks[rows]), _seeds(store.seed, rows))
                  for rows in pack_tasks(todo, s.models_per_task)]
 
@@ -177,7 +178,8 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
 
         if tasks:
             with ray_session(address or s.address):
-                execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress, desc="sweep")
+                summary.update(execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress,
+                                       desc="sweep"))
     summary["wall_s"] = time.time() - started
     if summary["failed"]:
         rows = sorted(summary["failed"])
@@ -242,9 +244,13 @@ def ray_session(address: Optional[str]):
 
 
 def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_dir: Path, num_targets: int,
-            on_result: Callable, on_failure: Callable, progress: bool, desc: str) -> None:
+            on_result: Callable, on_failure: Callable, progress: bool, desc: str) -> Dict[str, int]:
     """Run ``(rows, masks, seeds)`` tasks on Ray with bounded submissions, handing each result
-    (or final failure) to the driver's callbacks as it arrives."""
+    (or final failure) to the driver's callbacks as it arrives.
+
+    The driver owns the retry policy: a task that raises, returns junk, dies with its worker
+    or node, or runs past ``sweep.task_timeout_s`` is resubmitted up to ``sweep.max_retries``
+    times, then reported to ``on_failure``.  Returns counts of tasks retried and timed out."""
     import ray
 
     s = cfg.sweep
@@ -252,9 +258,8 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
     digest, files = _data_payload(data_dir)
     payload_ref = [ray.put(files)]  # nested in a list: tasks fetch it only when their node lacks the data
     data = {"digest": digest, "targets": cfg.data.targets}
-    remote = ray.remote(run_task).options(
-        num_cpus=s.cpus_per_task, num_gpus=s.gpus_per_task,
-        max_retries=s.max_retries, retry_exceptions=True)
+    remote = ray.remote(run_task).options(num_cpus=s.cpus_per_task, num_gpus=s.gpus_per_task,
+                                          max_retries=0, retry_exceptions=False)
     resources = ray.cluster_resources()
     slots = max(1, int(resources.get("CPU", 1) // max(s.cpus_per_task, 1e-3)))
     if s.gpus_per_task > 0:
@@ -262,13 +267,22 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
     max_in_flight = s.max_in_flight or 2 * slots  # enough to keep every slot busy, not the whole sweep queued
 
     pending = list(reversed(tasks))
-    in_flight: Dict = {}  # ref -> (task, submitted at, timeouts so far)
+    in_flight: Dict = {}  # ref -> (task, submitted at, attempt)
+    counts = {"retried": 0, "timed_out": 0}
     bar = tqdm(total=sum(len(t[0]) for t in tasks), unit="model", desc=desc, disable=not progress, smoothing=0.05)
 
-    def submit(task, timeouts=0):
+    def submit(task, attempt=0):
         rows, masks, seeds = task
         ref = remote.remote(cfg.worker.name, masks, seeds, worker_cfg, data, num_targets, payload_ref)
-        in_flight[ref] = (task, time.monotonic(), timeouts)
+        in_flight[ref] = (task, time.monotonic(), attempt)
+
+    def failed(task, attempt, message):
+        if attempt < s.max_retries:
+            counts["retried"] += 1
+            submit(task, attempt + 1)
+        else:
+            on_failure(task[0], message)
+            bar.update(len(task[0]))
 
     try:
         while pending or in_flight:
@@ -276,37 +290,28 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
                 submit(pending.pop())
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0 if s.task_timeout_s else None)
             for ref in done:
-                task, _, _ = in_flight.pop(ref)
-                rows = task[0]
+                task, _, attempt = in_flight.pop(ref)
                 try:
-                    margins = check_margins(ray.get(ref), len(rows), num_targets)
-                except Exception as exc:  # the task failed after all its retries
-                    on_failure(rows, _describe(exc))
+                    margins = check_margins(ray.get(ref), len(task[0]), num_targets)
+                except Exception as exc:  # raised in the worker, worker or node died, or bad output
+                    failed(task, attempt, _describe(exc))
                 else:
-                    on_result(rows, margins)
-                bar.update(len(rows))
+                    on_result(task[0], margins)
+                    bar.update(len(task[0]))
             if s.task_timeout_s:
-                _cancel_stragglers(in_flight, s, submit, on_failure, bar)
+                # Measured from submission: at most 2x the task slots are submitted, so a task
+                # waits in Ray's queue for at most about one task's time before it starts.
+                now = time.monotonic()
+                for ref, (task, submitted, attempt) in list(in_flight.items()):
+                    if now - submitted > s.task_timeout_s:
+                        ray.cancel(ref, force=True)
+                        del in_flight[ref]
+                        counts["timed_out"] += 1
+                        failed(task, attempt, f"TimeoutError: task ran longer than sweep.task_timeout_s="
+                                              f"{s.task_timeout_s} s, {attempt + 1} attempts")
     finally:
         bar.close()
-
-
-def _cancel_stragglers(in_flight: Dict, s, submit: Callable, on_failure: Callable, bar) -> None:
-    """Cancel tasks running past ``task_timeout_s``; resubmit them until retries run out."""
-    import ray
-
-    now = time.monotonic()
-    for ref, (task, started, timeouts) in list(in_flight.items()):
-        if now - started < s.task_timeout_s:
-            continue
-        ray.cancel(ref, force=True)
-        del in_flight[ref]
-        if timeouts < s.max_retries:
-            submit(task, timeouts + 1)
-        else:
-            on_failure(task[0], f"TimeoutError: task ran longer than sweep.task_timeout_s={s.task_timeout_s} "
-                                f"s on {timeouts + 1} attempts")
-            bar.update(len(task[0]))
+    return counts
 
 
 def _describe(exc: Exception) -> str:

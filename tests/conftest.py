@@ -29,13 +29,21 @@ def tiny_config(tmp_path, **sections):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the whole session (starting one costs seconds)."""
+def _ray_shutdown_at_exit():
+    yield
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_shutdown_at_exit):
+    """A local Ray instance shared by the tests (starting one costs seconds); tests that need
+    another cluster shut it down and the next test that asks for it starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 
 
 @pytest.fixture(scope="session")

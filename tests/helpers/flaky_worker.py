@@ -1,6 +1,15 @@
-"""A test worker that misbehaves on a fixed subset of the models (those whose masks hold
-training examples 0 and 1), in the way ``fail`` names: raise, nan or shape."""
-from dataclasses import dataclass
+"""A test worker that misbehaves on purpose.
+
+``fail`` picks how a fixed subset of the models (those whose masks hold training examples 0
+and 1) goes wrong: ``raise``, ``nan``, ``shape`` or ``none``.  With ``fail_once_dir`` set, each
+task fails only on its first attempt (a marker file per task remembers it).  ``sleep`` delays
+every task, to give fault injection time to land; ``hang_rows`` makes tasks holding those rows
+sleep for an hour (stragglers)."""
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
 
 import numpy as np
 
@@ -9,15 +18,26 @@ from workers import mlp
 
 @dataclass
 class Config(mlp.Config):
-    fail: str = "raise"
+    fail: str = "none"
+    fail_once_dir: str = ""
+    sleep: float = 0.0
+    hang_seeds: List[int] = field(default_factory=list)
 
 
 def train(masks, seeds, config):
     params = dict(config["worker"])
-    fail = params.pop("fail")
+    fail, once_dir, sleep, hang = (params.pop(k) for k in ("fail", "fail_once_dir", "sleep", "hang_seeds"))
     config = {**config, "worker": params}
-    if not (masks[:, 0] & masks[:, 1]).any():
+    time.sleep(sleep)
+    if set(int(s) for s in seeds) & set(hang):
+        time.sleep(3600)
+    if fail == "none" or not (masks[:, 0] & masks[:, 1]).any():
         return mlp.train(masks, seeds, config)
+    if once_dir:
+        marker = Path(once_dir) / hashlib.sha1(np.asarray(seeds).tobytes()).hexdigest()
+        if marker.exists():
+            return mlp.train(masks, seeds, config)
+        marker.touch()
     if fail == "raise":
         raise RuntimeError("planted failure")
     out = mlp.train(masks, seeds, config)
