@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	# FFCV compiles against libjpeg-turbo and OpenCV; iproute2 gives `ip` for loopback-only tests.
 	$(SUDO) apt-get update -qq
-	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0-dev libopencv-dev pkg-config iproute2 util-linux
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0-dev libopencv-dev pkg-config iproute2 util-linux chromium
 
 install: system-deps
 	$(PYTHON) -m pip install -q --upgrade pip

@@ -10,29 +10,23 @@ The Python API mirrors the command line, one function per stage::
     datamodels.lds("runs/digits/store", dm)       # {"lds": ..., "per_target": ...}
     datamodels.top(dm, target=3), datamodels.nearest(dm, target=3)
     datamodels.run(cfg)                           # all of the above, with metrics.json
+    datamodels.report("runs/digits")              # runs/digits/report.html
+
+The analyses (counterfactuals, brittleness, leakage, embeddings, learning curve) live in
+``datamodels.analyses``.
 """
-import importlib
-
+# Stage functions share their modules' names (datamodels.fit is the function, the module is
+# datamodels.fit in sys.modules): imported eagerly so the names always mean the functions.
 from .errors import DatamodelsError
+from .config import load as load_config
+from .store import Store
+from .prepare import prepare
+from .sweep import sweep
+from .fit import fit, predict
+from .evaluate import lds
+from .query import top, nearest
+from .pipeline import run
+from .report import report
 
-# Imported on first use, so `datamodels status` does not pay for torch and Ray.
-_API = {
-    "load_config": ("config", "load"),
-    "prepare": ("prepare", "prepare"),
-    "Store": ("store", "Store"),
-    "sweep": ("sweep", "sweep"),
-    "fit": ("fit", "fit"),
-    "predict": ("fit", "predict"),
-    "lds": ("evaluate", "lds"),
-    "top": ("query", "top"),
-    "nearest": ("query", "nearest"),
-    "run": ("pipeline", "run"),
-}
-__all__ = ["DatamodelsError", *_API]
-
-
-def __getattr__(name):
-    if name in _API:
-        module, attr = _API[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
-    raise AttributeError(f"module 'datamodels' has no attribute {name!r}")
+__all__ = ["DatamodelsError", "load_config", "Store", "prepare", "sweep", "fit", "predict", "lds", "top",
+           "nearest", "run", "report"]

@@ -111,6 +111,146 @@ def cmd_query(args) -> int:
     return 0
 
 
+def _analysis_run(args):
+    from .analyses import Run
+
+    store, dm = _run_paths(args)
+    return Run(args.run, datamodels=dm, store=store, config=getattr(args, "config", None),
+               address=getattr(args, "address", None))
+
+
+def _saved(run, name: str, result: dict) -> None:
+    from .analyses._run import save_result
+
+    path = save_result(run, name, result)
+    print(f"(kept in {path} for `datamodels report`)", file=sys.stderr)
+
+
+def cmd_counterfactual(args) -> int:
+    from .analyses.counterfactual import counterfactual, pick_targets, table
+    from .query import format_table
+
+    run = _analysis_run(args)
+    if (args.target is None) == (args.batch is None):
+        raise DatamodelsError("give --target I (one or more) or --batch N, not both")
+    targets = args.target if args.target is not None else pick_targets(run, args.batch, args.seed)
+    with (run.ray() if args.verify else _nothing()):
+        result = counterfactual(run, targets, args.remove or ["top:10"], verify=args.verify, base=args.base,
+                                seed=args.seed)
+    if args.verify:
+        _saved(run, "counterfactual", result)
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = table(result)
+    columns = ["target", "remove", "k", "before", "after", "pred_change"]
+    if args.verify:
+        columns += ["actual_before", "actual_after", "actual_change", "se"]
+    setting = "α-subsets containing the set" if result["base"] == "subset" else "the full training set"
+    print(f"predicted margins before and after removal, trained on {setting}"
+          + (f"; actual: mean of {args.verify} retrained model pairs" if args.verify else ""))
+    print(format_table(rows, columns))
+    if args.verify and len(rows) >= 3:
+        c = result["correlation"]
+        print(f"\npredicted vs actual margin change over {c['n']} counterfactuals: Pearson r = {c['pearson']:.3f}, "
+              f"Spearman = {c['spearman']:.3f}")
+    return 0
+
+
+def cmd_brittleness(args) -> int:
+    from .analyses.brittleness import brittleness, histogram
+    from .query import format_table
+
+    run = _analysis_run(args)
+    with (run.ray() if args.verify else _nothing()):
+        result = brittleness(run, base=args.base, targets=args.target, verify=args.verify,
+                             max_support=args.max_support, seed=args.seed)
+    if args.verify:
+        _saved(run, "brittleness", result)
+    if args.json:
+        _print_json(result)
+        return 0
+    c = result["counts"]
+    print(f"{result['num_targets']} targets: {c['already_wrong']} predicted wrong already, {c['flippable']} flippable "
+          f"by removing their most supportive training examples ({c[f'at_most_{args.max_support}']} with at most "
+          f"{args.max_support}), {c['never_flips']} not flippable that way")
+    print("\nsupport sizes")
+    print(format_table(histogram(result), ["support_size", "targets"]))
+    brittle = sorted((r for r in result["targets"] if r["support_size"]), key=lambda r: r["support_size"])[:args.k]
+    rows = [{"target": r["target"], "support_size": r["support_size"], "pred_before": r["predicted_before"],
+             "pred_after": r["predicted_after"], **({"actual_after": r["verified"]["actual_after"],
+                                                      "flipped": str(r["verified"]["flipped"])}
+                                                     if "verified" in r else {})} for r in brittle]
+    columns = ["target", "support_size", "pred_before", "pred_after"] + (["actual_after", "flipped"] if args.verify else [])
+    if rows:
+        print(f"\nthe {len(rows)} most brittle targets")
+        print(format_table(rows, columns))
+    v = result.get("verified")
+    if v:
+        print(f"\nretrained {v['models']} models without each support set of size <= {args.max_support}: "
+              f"{v['flipped']} of {v['checked']} predictions truly flip ({v['share']:.1%})")
+    return 0
+
+
+def cmd_leakage(args) -> int:
+    from .analyses.leakage import leakage, read_pairs
+    from .query import format_table
+
+    run = _analysis_run(args)
+    known = read_pairs(args.known) if args.known else None
+    result = leakage(run, k=args.k, known=known)
+    if args.json:
+        _print_json(result)
+        return 0
+    print("(target, training example) pairs most likely to be near-duplicates")
+    print(format_table(result["pairs"], ["rank", "target", "train", "score", "weight"]))
+    if "known" in result:
+        kn = result["known"]
+        print(f"\nknown pairs: precision@{args.k} = {kn['precision_at_k']:.3f}, recall@{args.k} = {kn['recall_at_k']:.3f}")
+        print(format_table(kn["pairs"], ["target", "train", "rank", "score"]))
+    return 0
+
+
+def cmd_learning_curve(args) -> int:
+    from .analyses.learning_curve import learning_curve
+    from .query import format_table
+
+    run = _analysis_run(args)
+    sizes = None
+    if args.sizes:
+        try:
+            sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+        except ValueError:
+            raise DatamodelsError(f"--sizes must be comma-separated whole numbers, got {args.sizes!r}") from None
+    result = learning_curve(run, sizes=sizes, num_targets=args.num_targets or None)
+    _saved(run, "learning_curve", result)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"LDS on {result['num_eval_models']} held-out models ({result['num_targets']} targets) against the number "
+          f"of models used for fitting")
+    print(format_table([{"num_models": p["num_models"], "lds": p["lds"]} for p in result["points"]],
+                       ["num_models", "lds"]))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    path = report(args.run, args.out, verify=args.verify, datamodels=args.datamodels, config=args.config,
+                  address=args.address, learning_curve=args.learning_curve, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def cmd_run(args) -> int:
     from .pipeline import run
 
@@ -168,6 +308,60 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", type=int, default=10)
     with_run(sp)
     sp.set_defaults(func=cmd_query)
+
+    def with_retrain(sp):
+        sp.add_argument("--verify", type=int, default=0, metavar="R",
+                        help="check by retraining R models per mask through the sweep machinery (default 0: predict only)")
+        sp.add_argument("--base", choices=["subset", "full"], default="subset",
+                        help="train on alpha-subsets (the sweep's setting, default) or on the full training set")
+        sp.add_argument("--seed", type=int, default=0, help="seed of random targets, subsets and model seeds")
+        sp.add_argument("--config", help="config the run was made with, for retraining (default RUN/config.yaml)")
+        sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+
+    sp = sub.add_parser("counterfactual", help="predicted (and retrained) margin after removing training examples")
+    sp.add_argument("--target", type=int, action="append", help="target to study (repeat for several)")
+    sp.add_argument("--batch", type=int, metavar="N", help="N random targets; reports the correlation when verified")
+    sp.add_argument("--remove", action="append", metavar="SPEC",
+                    help="top:K, bottom:K, random:K or a file of training indices (repeatable; default top:10)")
+    with_retrain(sp)
+    with_run(sp)
+    sp.set_defaults(func=cmd_counterfactual)
+
+    sp = sub.add_parser("brittleness", help="fewest training examples whose removal flips each prediction")
+    sp.add_argument("--target", type=int, action="append", help="targets to study (default all)")
+    sp.add_argument("--max-support", type=int, default=20, help="verify targets with support size up to this (default 20)")
+    sp.add_argument("--k", type=int, default=20, help="brittle targets listed in the table (default 20)")
+    with_retrain(sp)
+    with_run(sp)
+    sp.set_defaults(func=cmd_brittleness)
+
+    sp = sub.add_parser("leakage", help="(test, train) pairs likely to be near-duplicates")
+    sp.add_argument("--k", type=int, default=20, help="pairs listed (default 20)")
+    sp.add_argument("--known", help="file of known duplicate pairs, 'target train' per line: precision and recall")
+    with_run(sp)
+    sp.set_defaults(func=cmd_leakage)
+
+    sp = sub.add_parser("learning-curve", help="LDS against the number of models used for fitting (refits)")
+    sp.add_argument("--sizes", help="comma-separated numbers of models (default: 5 geometric steps up to all)")
+    sp.add_argument("--num-targets", type=int, default=100,
+                    help="random sample of targets to refit, for speed (default 100; 0 = all)")
+    sp.add_argument("--config", help="config whose fit section to use (default RUN/config.yaml, else fit defaults)")
+    with_run(sp)
+    sp.set_defaults(func=cmd_learning_curve)
+
+    sp = sub.add_parser("report", help="write RUN/report.html: figures of every analysis, images inline")
+    sp.add_argument("run", nargs="?", default="runs/digits", help="output directory of `datamodels run` (default runs/digits)")
+    sp.add_argument("--out", help="output file (default RUN/report.html)")
+    sp.add_argument("--datamodels", help="fitted .npz (default RUN/datamodels.npz)")
+    sp.add_argument("--verify", type=int, default=0, metavar="R",
+                    help="also check counterfactuals and brittleness by retraining R models per mask")
+    sp.add_argument("--learning-curve", action=argparse.BooleanOptionalAction, default=None,
+                    help="refit on growing numbers of models for the learning curve (default: only when the store "
+                         "has at least twice as many models as training examples)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--config", help="config the run was made with, for retraining (default RUN/config.yaml)")
+    sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("run", help="prepare, sweep, fit and evaluate in one go")
     with_config(sp)

@@ -8,8 +8,11 @@ from pathlib import Path
 from . import config as config_lib
 
 
-def run(config=None, *, address=None, progress: bool = True) -> dict:
-    """The whole pipeline for one config; every stage resumes, so re-running is cheap."""
+def run(config=None, *, address=None, progress: bool = True, report: bool = True) -> dict:
+    """The whole pipeline for one config; every stage resumes, so re-running is cheap.
+
+    ``report`` also writes ``<out>/report.html`` (see ``datamodels.report``), after
+    ``metrics.json``, so a failing report never costs the metrics."""
     from .evaluate import lds
     from .fit import fit
     from .prepare import prepare, read_meta
@@ -54,4 +57,14 @@ def run(config=None, *, address=None, progress: bool = True) -> dict:
         "total_s": sum(times.values()),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    if report:
+        from .report import report as write_report
+
+        t = time.time()
+        metrics["report"] = str(write_report(out, datamodels=datamodels, config=cfg, address=address,
+                                             progress=progress))
+        metrics["report_s"] = time.time() - t
+        metrics["total_s"] += metrics["report_s"]
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

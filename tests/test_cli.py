@@ -30,12 +30,12 @@ def tiny_run(tmp_path_factory):
 def test_run_writes_every_output(tiny_run):
     out, proc = tiny_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_models"] == 80 and metrics["num_train"] == 1297 and metrics["num_targets"] == 100
+    assert metrics["num_models"] == 80 and metrics["num_train"] == 1697 and metrics["num_targets"] == 100
     assert -1 <= metrics["lds"] <= 1
     for stage in ("prepare_s", "sweep_s", "fit_s", "evaluate_s"):
         assert metrics[stage] >= 0
     dm = np.load(out / "datamodels.npz")
-    assert dm["weight"].shape == (1297, 100) and dm["bias"].shape == (100,) and dm["lam"].shape == (100,)
+    assert dm["weight"].shape == (1697, 100) and dm["bias"].shape == (100,) and dm["lam"].shape == (100,)
     assert (out / "config.yaml").exists() and (out / "store" / "spec.json").exists()
 
 

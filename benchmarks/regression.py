@@ -1,0 +1,318 @@
+"""Regression speed at equal accuracy: ``datamodels.fit`` against scikit-learn's ``lasso_path``.
+
+Both methods run on the same store, with the same procedure, and are scored with the same
+held-out LDS (``datamodels.evaluate.lds``):
+
+1. the completed fitting rows, split into training and validation rows by the same seeded
+   rule (``datamodels.fit._validation_rows``);
+2. masks centred and scaled to unit variance over the training rows;
+3. per target, 40 λs from λ_max = max|X̃ᵀ(y − ȳ)|/n down to 1e-3·λ_max, geometrically
+   (sklearn's ``alpha`` is this λ: both minimise (1/2n)‖y − ȳ − X̃w‖² + λ‖w‖₁);
+4. the λ with the lowest validation MSE, then a refit on all fitting rows at that λ,
+   warm-started from the training solution.
+
+Ours (``ours``) is ``datamodels.fit.fit`` with its defaults (tol 1e-5 on the relative change
+of the weights, float32, all targets at once).  The baseline runs ``lasso_path`` once per
+target with the precomputed Gram (``precompute=Gram, Xy=``), sklearn's default tolerance,
+targets spread over all cores with joblib (threads: the coordinate-descent loop releases the
+GIL, so threads share the Gram instead of copying it), and the validation MSEs of all λs of a
+batch of targets as one matrix product.  Two variants:
+
+- ``sklearn``: ``check_input=False``, skipping sklearn's per-call validation and copy of X
+  (safe here, as the inputs are prepared once, Fortran-ordered float64): the fastest way to
+  call it, and the headline baseline;
+- ``sklearn-checked``: the plain call (``check_input=True``), which copies and validates X on
+  every call; this is what the obvious code does.
+
+Every method runs in its own fresh process, timed from opening the store to the finished
+weights (reading, Gram, path, refit; not the LDS), with peak memory (RSS summed over the
+process and its children, sampled every 20 ms).
+
+    python benchmarks/regression.py --size quick          # synthetic, under a minute
+    python benchmarks/regression.py --size large          # synthetic at the digits scale
+    python benchmarks/regression.py --size digits [--store runs/digits/store]
+
+Results go to ``benchmarks/results/regression_<size>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+# Synthetic stores: N training examples, T targets, M fitting + E evaluation models, each
+# target a few large planted weights plus small dense ones, plus noise.
+SIZES = {
+    "quick": dict(num_train=500, num_targets=100, num_fit=3000, num_eval=300, planted=10),
+    "large": dict(num_train=1297, num_targets=500, num_fit=10000, num_eval=500, planted=30),
+}
+PATH_SETTINGS = dict(val_fraction=0.1, num_lambdas=40, lambda_min_ratio=1e-3, seed=0)
+
+
+# ---- stores ---------------------------------------------------------------------------------
+def synthetic_store(path: Path, num_train, num_targets, num_fit, num_eval, planted, seed=0):
+    from datamodels.store import Store
+
+    store = Store.create(path, num_train=num_train, num_targets=num_targets, alpha=0.5, seed=seed)
+    store.grow(num_fit, num_eval)
+    rng = np.random.default_rng(seed + 1)
+    weight = rng.normal(0, 0.02, (num_train, num_targets))
+    for t in range(num_targets):
+        idx = rng.choice(num_train, planted, replace=False)
+        weight[idx, t] += rng.normal(0, 1, planted)
+    bias = rng.normal(0, 2, num_targets)
+    for start in range(0, store.num_models, 4096):
+        rows = np.arange(start, min(store.num_models, start + 4096))
+        x = np.asarray(store.masks[rows], dtype=np.float64)
+        y = x @ weight + bias + rng.normal(0, 1.0, (len(rows), num_targets))
+        store.write(rows, y.astype(np.float32))
+    return store
+
+
+# ---- the methods, each run in a child process --------------------------------------------------
+def run_ours(store_path: str, out: str) -> None:
+    from datamodels.fit import fit
+
+    fit(store_path, out, progress=False, **PATH_SETTINGS)
+
+
+def run_sklearn(store_path: str, out: str, checked: bool) -> None:
+    from joblib import Parallel, delayed, effective_n_jobs
+    from sklearn.linear_model import lasso_path
+
+    from datamodels.fit import _validation_rows, save
+    from datamodels.store import Store
+
+    store = Store(store_path)
+    rows = store.rows("fit")
+    is_val = _validation_rows(rows, store.num_models, PATH_SETTINGS["val_fraction"], PATH_SETTINGS["seed"])
+    X = np.asarray(store.masks[rows], dtype=np.float64)
+    Y = np.asarray(store.margins[rows], dtype=np.float64)
+    T = Y.shape[1]
+
+    def standardise(Xp, Yp):
+        mx, my = Xp.mean(0), Yp.mean(0)
+        sd = Xp.std(0)
+        scale = np.where(sd > 0, 1 / np.where(sd > 0, sd, 1), 0.0)
+        Xs = np.asfortranarray((Xp - mx) * scale)
+        Yc = np.asfortranarray(Yp - my)
+        return Xs, Yc, Xs.T @ Xs, np.ascontiguousarray((Xs.T @ Yc).T), mx, my, scale
+
+    Xs, Yc, gram, XyT, mx, my, scale = standardise(X[~is_val], Y[~is_val])
+    Xv = (X[is_val] - mx) * scale
+    Yv = Y[is_val] - my
+    n = len(Xs)
+    ratios = np.geomspace(1.0, PATH_SETTINGS["lambda_min_ratio"], PATH_SETTINGS["num_lambdas"])
+    lam_max = np.abs(XyT).max(1) / n
+    jobs = effective_n_jobs(-1)
+    batches = np.array_split(np.arange(T), max(1, min(T, 8 * jobs)))
+
+    def paths(batch):
+        coefs = np.stack([lasso_path(Xs, Yc[:, t], alphas=lam_max[t] * ratios, precompute=gram, Xy=XyT[t],
+                                     check_input=checked, copy_X=checked)[1] for t in batch], 1)  # [N, b, k]
+        mse = ((Yv[:, batch, None] - (Xv @ coefs.reshape(len(coefs), -1)).reshape(len(Xv), *coefs.shape[1:])) ** 2).mean(0)  # [b, k]
+        best = mse.argmin(1)
+        return coefs[:, np.arange(len(batch)), best], best
+
+    with Parallel(n_jobs=-1, prefer="threads") as parallel:
+        results = parallel(delayed(paths)(b) for b in batches)
+        w_train = np.concatenate([r[0] for r in results], 1)
+        best = np.concatenate([r[1] for r in results])
+        lam = lam_max * ratios[best]
+
+        Xa, Ya, gram_a, XyT_a, mx_a, my_a, scale_a = standardise(X, Y)
+        # The training solution in mask units, re-expressed in the new standardisation.
+        start = w_train * scale[:, None] * np.where(scale_a > 0, 1 / np.where(scale_a > 0, scale_a, 1), 0)[:, None]
+
+        def refit(batch):
+            return np.stack([lasso_path(Xa, Ya[:, t], alphas=[lam[t]], precompute=gram_a, Xy=XyT_a[t],
+                                        coef_init=start[:, t].copy(), check_input=checked,
+                                        copy_X=checked)[1][:, 0] for t in batch], 1)
+
+        w = np.concatenate(parallel(delayed(refit)(b) for b in batches), 1)
+    weight = w * scale_a[:, None]
+    save({"weight": weight.astype(np.float32), "bias": (my_a - mx_a @ weight).astype(np.float32),
+          "lam": lam, "targets": np.arange(T), "num_models": np.int64(len(rows))}, out)
+
+
+METHODS = {
+    "ours": lambda store, out: run_ours(store, out),
+    "sklearn": lambda store, out: run_sklearn(store, out, checked=False),
+    "sklearn-checked": lambda store, out: run_sklearn(store, out, checked=True),
+}
+
+
+def child(method: str, store: str, out: str, stats_path: str) -> None:
+    """Run one method in this (fresh) process and record its wall time and peak memory."""
+    import psutil
+
+    me = psutil.Process()
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                procs = [me] + me.children(recursive=True)
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    baseline_rss = me.memory_info().rss
+    sampler.start()
+    t = time.perf_counter()
+    METHODS[method](store, out)
+    wall = time.perf_counter() - t
+    stop.set()
+    sampler.join()
+    Path(stats_path).write_text(json.dumps({"wall_s": wall, "peak_rss_mb": peak[0] / 2 ** 20,
+                                            "rss_before_mb": baseline_rss / 2 ** 20}))
+
+
+def measure(method: str, store: Path, work: Path) -> dict:
+    out, stats = work / f"{method}.npz", work / f"{method}.json"
+    proc = subprocess.run([sys.executable, __file__, "--child", method, str(store), str(out), str(stats)],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
+    from datamodels.evaluate import lds
+    from datamodels.fit import load
+
+    dm = load(out)
+    result = json.loads(stats.read_text())
+    result.update(lds=lds(store, dm)["lds"], mean_nnz=float((dm["weight"] != 0).sum(0).mean()))
+    return result
+
+
+# ---- reporting ---------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import scipy
+    import sklearn
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "sklearn": sklearn.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=["quick", "large", "digits"], default="quick")
+    p.add_argument("--store", help="store to use (digits: default runs/digits/store; synthetic sizes: "
+                                   "reused if it exists, else created there)")
+    p.add_argument("--mem-cap-gb", type=float, default=None,
+                   help="skip a method whose in-memory working set is estimated above this many GiB")
+    p.add_argument("--methods", default="ours,sklearn,sklearn-checked")
+    p.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest is reported")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/regression_<size>.json)")
+    args = p.parse_args(argv)
+
+    from datamodels.store import Store
+
+    tmp = tempfile.TemporaryDirectory(prefix="regression_bench_")
+    work = Path(tmp.name)
+    if args.size == "digits":
+        store_path = Path(args.store or ROOT / "runs" / "digits" / "store")
+        if not (store_path / "spec.json").exists():
+            print(f"no store at {store_path}: run the digits pipeline first (`datamodels run configs/digits.yaml`) "
+                  f"or pass --store DIR", file=sys.stderr)
+            return 1
+    else:
+        store_path = Path(args.store) if args.store else work / "store"
+        if not (store_path / "spec.json").exists():
+            print(f"building the {args.size} synthetic store in {store_path} ...", flush=True)
+            synthetic_store(store_path, **SIZES[args.size])
+    store = Store(store_path)
+    summary = store.summary()
+    N, T, M = store.num_train, store.num_targets, summary["fit"]["completed"]
+    print(f"store: {N} training examples, {T} targets, {M} fitting and {summary['eval']['completed']} "
+          f"evaluation models", flush=True)
+
+    # In-memory working sets: ours holds Grams and N×T statistics, the baseline also all rows.
+    estimate_gb = {"ours": (4 * N * N * 4 + 8 * N * T * 8 + 8192 * N * 4) / 2 ** 30}
+    estimate_gb["sklearn"] = estimate_gb["sklearn-checked"] = (3 * M * N * 8 + 2 * M * T * 8 + 2 * N * N * 8) / 2 ** 30
+
+    load_start = list(os.getloadavg())
+    results = {}
+    for method in args.methods.split(","):
+        if args.mem_cap_gb is not None and estimate_gb[method] > args.mem_cap_gb:
+            print(f"{method}: skipped, needs ~{estimate_gb[method]:.1f} GiB > --mem-cap-gb {args.mem_cap_gb}")
+            results[method] = {"skipped": f"estimated {estimate_gb[method]:.1f} GiB above the cap"}
+            continue
+        runs = [measure(method, store_path, work) for _ in range(args.repeats)]
+        best = min(runs, key=lambda r: r["wall_s"])
+        best["all_wall_s"] = [r["wall_s"] for r in runs]
+        results[method] = best
+        print(f"{method}: {best['wall_s']:.2f} s, LDS {best['lds']:.4f}, peak RSS {best['peak_rss_mb']:.0f} MiB",
+              flush=True)
+
+    ours = results.get("ours", {})
+    for name, r in results.items():
+        if name != "ours" and "wall_s" in r and "wall_s" in ours:
+            r["ours_speedup"] = r["wall_s"] / ours["wall_s"]
+            r["ours_lds_minus_this"] = ours["lds"] - r["lds"]
+            r["target_met"] = bool(r["ours_speedup"] >= 10 and ours["lds"] >= r["lds"] - 0.005)
+
+    rows = [(name, r) for name, r in results.items() if "wall_s" in r]
+    print()
+    print(f"{'method':<16} {'wall s':>8} {'LDS':>8} {'peak RSS MiB':>13} {'mean nnz':>9} {'ours faster':>12}")
+    for name, r in rows:
+        speed = f"{r['ours_speedup']:.1f}x" if "ours_speedup" in r else "-"
+        print(f"{name:<16} {r['wall_s']:>8.2f} {r['lds']:>8.4f} {r['peak_rss_mb']:>13.0f} {r['mean_nnz']:>9.1f} "
+              f"{speed:>12}")
+
+    report = {
+        "size": args.size,
+        "store": {"path": str(store_path) if args.size == "digits" or args.store else "(temporary synthetic)",
+                  "num_train": N, "num_targets": T, "num_fit_models": M,
+                  "num_eval_models": summary["eval"]["completed"],
+                  **({"synthetic": SIZES[args.size]} if args.size in SIZES else {})},
+        "settings": {**PATH_SETTINGS, "ours": "datamodels.fit defaults (tol 1e-5, max_iter 300, float32, cpu)",
+                     "sklearn": "lasso_path, precompute=Gram, Xy, tol 1e-4 (its default), joblib threads"},
+        "machine": {**machine_info(), "load_average_at_start": load_start,
+                    "load_average_at_end": list(os.getloadavg())},
+        "results": results,
+    }
+    out = Path(args.out) if args.out else HERE / "results" / f"regression_{args.size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nsaved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(*sys.argv[2:6])
+    else:
+        sys.exit(main())

@@ -1,0 +1,102 @@
+"""The linear datamodeling score (LDS): how well datamodels rank held-out models' margins.
+
+For each target, the Spearman rank correlation, across the store's completed evaluation
+rows (models the regression never saw), between the predicted margin ``mask @ weight +
+bias`` and the margin the trained model actually produced; the LDS is the mean over
+targets (Park et al., TRAK, arXiv 2303.14186).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from .errors import DatamodelsError
+from .store import Store
+
+QUANTILES = {"min": 0.0, "p10": 0.1, "p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
+
+
+def lds(store, datamodels, rows: Optional[Sequence[int]] = None, chunk_rows: int = 8192) -> dict:
+    """The LDS of ``datamodels`` (a dict from ``fit`` or the path of its .npz) on ``store``.
+
+    ``rows`` overrides the rows scored (default: the completed evaluation rows).  Returns
+    ``{"lds": mean over targets, "per_target": [T], "num_models": rows scored,
+    "num_targets": T, "num_undefined": targets whose correlation is undefined,
+    "quantiles": {...} of the defined per-target values}``.  A target whose actual or
+    predicted margins are constant over the rows has no rank correlation: it is NaN in
+    ``per_target``, left out of the mean and counted in ``num_undefined``.
+    """
+    from .fit import load
+
+    store = store if isinstance(store, Store) else Store(store)
+    dm = load(datamodels) if not isinstance(datamodels, dict) else datamodels
+    weight = np.asarray(dm["weight"], dtype=np.float32)
+    bias = np.asarray(dm["bias"], dtype=np.float32)
+    cols = np.asarray(dm["targets"] if "targets" in dm else np.arange(weight.shape[1]), dtype=np.int64)
+    _check_shapes(store, weight, bias, cols)
+
+    if rows is None:
+        rows = store.rows("eval")
+        if len(rows) == 0:
+            raise DatamodelsError(f"store {store.path} has no completed evaluation rows: grow the sweep's "
+                                  f"num_eval_models and run it")
+    else:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= store.num_models):
+            raise DatamodelsError(f"rows must lie in 0..{store.num_models - 1}")
+        incomplete = rows[~np.asarray(store.completed, dtype=bool)[rows]]
+        if len(incomplete):
+            raise DatamodelsError(f"rows {', '.join(map(str, incomplete[:5]))} are not completed")
+    if len(rows) < 2:
+        raise DatamodelsError(f"a rank correlation needs at least 2 models; store {store.path} has {len(rows)} "
+                              f"completed evaluation rows")
+
+    predicted = np.empty((len(rows), len(cols)), dtype=np.float64)
+    actual = np.empty_like(predicted)
+    for start in range(0, len(rows), chunk_rows):
+        r = rows[start:start + chunk_rows]
+        predicted[start:start + len(r)] = np.asarray(store.masks[r], dtype=np.float32) @ weight + bias
+        actual[start:start + len(r)] = np.asarray(store.margins[r], dtype=np.float64)[:, cols]
+
+    per_target = spearman(predicted, actual)
+    defined = per_target[np.isfinite(per_target)]
+    return {
+        "lds": float(defined.mean()) if len(defined) else float("nan"),
+        "per_target": per_target,
+        "num_models": int(len(rows)),
+        "num_targets": int(len(cols)),
+        "num_undefined": int(len(per_target) - len(defined)),
+        "quantiles": {k: float(np.quantile(defined, q)) for k, q in QUANTILES.items()} if len(defined) else {},
+    }
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each column of ``a`` with the same column of ``b`` (ties get
+    average ranks); NaN where either column is constant or holds non-finite values."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"spearman needs two [rows, columns] arrays of one shape, got {a.shape} and {b.shape}")
+    bad = ~(np.isfinite(a).all(0) & np.isfinite(b).all(0))
+    ra = rankdata(np.where(np.isfinite(a), a, 0.0), axis=0)
+    rb = rankdata(np.where(np.isfinite(b), b, 0.0), axis=0)
+    ra -= ra.mean(0)
+    rb -= rb.mean(0)
+    denom = np.sqrt((ra * ra).sum(0) * (rb * rb).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (ra * rb).sum(0) / denom
+    rho[bad | (denom == 0)] = np.nan
+    return rho
+
+
+def _check_shapes(store: Store, weight: np.ndarray, bias: np.ndarray, cols: np.ndarray) -> None:
+    if weight.ndim != 2 or weight.shape[0] != store.num_train:
+        raise DatamodelsError(f"datamodels have weights of shape {list(weight.shape)}, but store {store.path} has "
+                              f"{store.num_train} training examples")
+    if bias.shape != (weight.shape[1],) or cols.shape != (weight.shape[1],):
+        raise DatamodelsError(f"datamodels are inconsistent: {weight.shape[1]} weight columns, {bias.size} biases, "
+                              f"{cols.size} target indices")
+    if len(cols) and (cols.min() < 0 or cols.max() >= store.num_targets):
+        raise DatamodelsError(f"datamodels cover target columns up to {int(cols.max())}, but store {store.path} has "
+                              f"{store.num_targets} targets")

@@ -1,0 +1,687 @@
+"""Sparse linear datamodels: L1-regularised least squares for every target at once.
+
+For each target t the datamodel predicts ``margin_t ≈ mask · weight_t + bias_t``.  It is
+fitted on the completed *fitting* rows of a store by the LASSO
+
+    minimise over w   (1/2n) ‖y_t − ȳ_t − X̃ w‖² + λ_t ‖w‖₁
+
+where X̃ holds the masks centred and scaled to unit variance (over the training part of
+the fitting rows).  ``lam`` in the results is this λ_t, in these standardised units; the
+returned ``weight`` and ``bias`` are converted back to mask units.
+
+How it runs, and why:
+
+1. **Stream once.**  Rows are read from the memory-mapped store in chunks and folded into
+   sufficient statistics (XᵀX, Xᵀ1, Xᵀy, 1ᵀy, yᵀy, n), separately for the training and the
+   validation rows.  Memory depends on N², N·T and the chunk size, never on the number of
+   models, and the products are large GEMMs, the fastest thing CPUs and GPUs do.
+2. **Centre and standardise analytically** on those statistics: the Gram G = X̃ᵀX̃/n and
+   C = X̃ᵀ(y − ȳ)/n are all the solver needs.
+3. **A λ path per target**, geometric from λ_max (where w = 0) down to
+   ``lambda_min_ratio``·λ_max, each λ warm-started from the previous solution.  Each step is
+   solved for all targets together by FISTA (accelerated proximal gradient, step 1/L with
+   L the top eigenvalue of G).  Targets whose solutions are sparse are solved on a working
+   set (current support plus the features the sequential strong rule cannot rule out): each
+   such target's small sub-Gram is gathered and the small problems run as one batched
+   matmul, then one GEMM checks the optimality (KKT) conditions on all features and any
+   violators join the working set.  Targets with large supports run FISTA on all features,
+   one GEMM per iteration for all of them.
+4. **Choose λ per target by validation MSE**, computed from the validation statistics
+   alone, then **refit** on all fitting rows (training + validation statistics added) at the
+   chosen λ, warm-started from the training solution.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .errors import DatamodelsError
+from .store import Store
+
+# Float32 holds every integer below 2**24 exactly, so XᵀX of 0/1 masks (integer counts)
+# accumulates exactly in float32 up to that many rows; beyond, float64 takes over.
+_EXACT_FLOAT32 = 2 ** 24
+# Elements (not bytes) of gathered sub-Grams held at once; 2**25 float32 = 128 MiB.
+_GATHER_BUDGET = 2 ** 25
+# Rows of the store used to pick the per-target offset subtracted from margins before
+# accumulating, so that Xᵀy and yᵀy do not lose precision to a large common mean.
+_OFFSET_ROWS = 1024
+# Rounds of "solve on the working set, check KKT on all features" before a target falls
+# back to FISTA on all features.
+_MAX_ROUNDS = 4
+# A feature outside the working set violates optimality when |Cⱼ − Gⱼw| > λ(1 + this);
+# the slack keeps round-off from reopening a solved problem.  A feature missed within the
+# slack would have a weight below this fraction of λ.
+_KKT_SLACK = 1e-3
+
+# ---- public API -------------------------------------------------------------------------
+def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lambda_min_ratio=1e-3,
+        max_iter=300, tol=1e-5, chunk_rows=8192, seed=0, targets=None, progress=True) -> dict:
+    """Fit sparse linear datamodels for the store's targets; save them to ``out`` (.npz) if given.
+
+    Uses only the completed rows of the fitting split (``store.rows("fit")``).  A fraction
+    ``val_fraction`` of them, chosen from ``seed`` and each row's index (so adding rows later
+    leaves the existing rows' assignment nearly unchanged), chooses λ per target; the final
+    model is refitted on all of them.  ``targets`` (indices or a slice of the store's target
+    columns) fits a subset; its results equal the same columns of a fit of all targets.
+
+    Returns a dict of numpy arrays:
+
+    - ``weight`` float32 [N, T], ``bias`` float32 [T]: mask units, i.e.
+      ``prediction = mask.astype(float32) @ weight + bias``;
+    - ``lam`` [T]: chosen λ in the standardised units solved in (see the module docstring);
+    - ``nnz`` [T], ``val_mse`` [T] (validation MSE at the chosen λ), ``converged`` [T]
+      (the solves at the chosen λ, on the training part and in the refit, both converged);
+    - ``lambda_path`` [num_lambdas, T], ``val_mse_path`` [num_lambdas, T];
+    - ``targets`` [T]: the store's target columns fitted; ``num_models``: fitting rows used.
+    """
+    _check_params(val_fraction, num_lambdas, lambda_min_ratio, max_iter, tol, chunk_rows)
+    dev = _device(device)
+    store = store if isinstance(store, Store) else Store(store)
+    cols = _target_columns(targets, store.num_targets)
+    rows = store.rows("fit")
+    if len(rows) == 0:
+        raise DatamodelsError(f"store {store.path} has no completed fitting rows: run the sweep first")
+    is_val = _validation_rows(rows, store.num_models, val_fraction, seed)
+
+    offset = _margins(store, rows[:_OFFSET_ROWS], cols).mean(axis=0)
+    train, val = _accumulate(store, rows, is_val, cols, offset, chunk_rows, dev)
+
+    dtype = torch.float32
+    prob = _standardise(train, dtype)
+    valid = _Validation(prob, val, dtype)
+    everything = train.absorb(val)  # for the refit; frees the validation XᵀX early
+    del train, val
+    solver = _Lasso(prob.G, tol=tol, max_iter=max_iter)
+
+    N, T = prob.C.shape
+    lam_max = prob.C.abs().amax(dim=0).double()
+    ratios = torch.logspace(0.0, math.log10(lambda_min_ratio), num_lambdas, dtype=torch.float64, device=dev)
+    lam_path = ratios[:, None] * lam_max[None, :]
+    mse_path = torch.empty(num_lambdas, T, dtype=torch.float64, device=dev)
+    path_converged = torch.zeros(num_lambdas, T, dtype=torch.bool, device=dev)
+
+    W = torch.zeros(N, T, dtype=dtype, device=dev)
+    W_prev = W
+    R = prob.C.clone()  # C − G·W, the features' correlation with the residual, at W = 0
+    best_w = W.clone()
+    best_k = torch.zeros(T, dtype=torch.long, device=dev)
+    best_mse = torch.full((T,), math.inf, dtype=torch.float64, device=dev)
+    bar = _progress(num_lambdas + 1, progress)
+    for k in range(num_lambdas):
+        lam = lam_path[k].to(dtype)
+        lam_prev = lam_path[max(k - 1, 0)].to(dtype)
+        start = _extrapolate(W, W_prev, ratios[k] / ratios[k - 1]) if k >= 2 else W
+        W_prev = W
+        W, R, path_converged[k] = solver.solve(prob.C, lam, start, R, lam_prev)
+        mse_path[k] = valid.mse(W)
+        better = mse_path[k] < best_mse  # strict: ties keep the larger λ, the sparser model
+        best_mse = torch.where(better, mse_path[k], best_mse)
+        best_k = torch.where(better, k, best_k)
+        best_w[:, better] = W[:, better]
+        bar.update(1)
+        bar.set_postfix(nnz=int((W != 0).sum(0).median()), refresh=False)
+
+    lam_best = lam_path.gather(0, best_k[None]).squeeze(0)
+    del solver, valid  # the path's Grams: the refit builds its own
+    prob.G = None
+    weight, bias, refit_converged = _refit(everything, prob, best_w, lam_best, dtype, tol, max_iter)
+    bar.update(1)
+    bar.close()
+    bias = bias + torch.as_tensor(offset, device=dev)
+    weight = weight.float()
+
+    converged = path_converged.gather(0, best_k[None]).squeeze(0) & refit_converged
+    result = {
+        "weight": weight.cpu().numpy(),
+        "bias": bias.float().cpu().numpy(),
+        "lam": lam_best.cpu().numpy(),
+        "nnz": (weight != 0).sum(0).cpu().numpy().astype(np.int64),
+        "val_mse": best_mse.cpu().numpy(),
+        "converged": converged.cpu().numpy(),
+        "lambda_path": lam_path.cpu().numpy(),
+        "val_mse_path": mse_path.cpu().numpy(),
+        "targets": cols,
+        "num_models": np.int64(len(rows)),
+    }
+    _warn_unconverged(result["converged"], cols, max_iter)
+    if out is not None:
+        save(result, out)
+    return result
+
+
+def predict(datamodels, masks) -> np.ndarray:
+    """Predicted margins [m, T] (or [T] for one mask) of the given masks [m, N]."""
+    dm = load(datamodels) if not isinstance(datamodels, dict) else datamodels
+    weight = np.asarray(dm["weight"], dtype=np.float32)
+    masks = np.asarray(masks)
+    one = masks.ndim == 1
+    masks = masks[None] if one else masks
+    if masks.ndim != 2 or masks.shape[1] != weight.shape[0]:
+        raise DatamodelsError(f"masks of shape {list(np.shape(masks))} do not match datamodels over "
+                              f"{weight.shape[0]} training examples")
+    pred = masks.astype(np.float32) @ weight + np.asarray(dm["bias"], dtype=np.float32)
+    return pred[0] if one else pred
+
+
+def load(path) -> dict:
+    """Fitted datamodels saved by ``fit(..., out=path)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatamodelsError(f"datamodels file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            dm = {k: z[k] for k in z.files}
+    except (ValueError, OSError) as exc:
+        raise DatamodelsError(f"{path} is not a datamodels .npz file ({exc})") from None
+    missing = [k for k in ("weight", "bias", "targets") if k not in dm]
+    if missing:
+        raise DatamodelsError(f"{path} is not a datamodels file: it lacks {', '.join(missing)}")
+    if "num_models" in dm:
+        dm["num_models"] = int(dm["num_models"])
+    return dm
+
+
+def save(datamodels: dict, path) -> None:
+    """Write datamodels to ``path`` (.npz), atomically: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
+        np.savez(f, **{k: np.asarray(v) for k, v in datamodels.items()})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+def _check_params(val_fraction, num_lambdas, lambda_min_ratio, max_iter, tol, chunk_rows) -> None:
+    checks = [
+        (0.0 < val_fraction < 1.0, f"fit.val_fraction must be in (0, 1), got {val_fraction}"),
+        (int(num_lambdas) == num_lambdas and num_lambdas >= 1, f"fit.num_lambdas must be an integer >= 1, got {num_lambdas}"),
+        (0.0 < lambda_min_ratio < 1.0, f"fit.lambda_min_ratio must be in (0, 1), got {lambda_min_ratio}"),
+        (int(max_iter) == max_iter and max_iter >= 1, f"fit.max_iter must be an integer >= 1, got {max_iter}"),
+        (tol > 0, f"fit.tol must be positive, got {tol}"),
+        (int(chunk_rows) == chunk_rows and chunk_rows >= 1, f"fit.chunk_rows must be an integer >= 1, got {chunk_rows}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DatamodelsError(message)
+
+
+def _device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DatamodelsError(f"fit.device must be cpu or cuda, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DatamodelsError(f"fit.device={device} but torch.cuda.is_available() is False")
+    if dev.type not in ("cpu", "cuda"):
+        raise DatamodelsError(f"fit.device must be cpu or cuda, got {device!r}")
+    return dev
+
+
+def _target_columns(targets, num_targets: int) -> np.ndarray:
+    everything = np.arange(num_targets)
+    if targets is None:
+        return everything
+    if isinstance(targets, slice):
+        cols = everything[targets]
+    else:
+        cols = np.asarray(targets).reshape(-1)
+        if cols.dtype == bool or not np.issubdtype(cols.dtype, np.integer):
+            raise DatamodelsError("targets must be integer column indices or a slice")
+        if len(cols) and (cols.min() < 0 or cols.max() >= num_targets):
+            raise DatamodelsError(f"targets must lie in 0..{num_targets - 1}, the store's target columns")
+    if len(cols) == 0:
+        raise DatamodelsError("targets selects no target columns")
+    return cols.astype(np.int64)
+
+
+def _validation_rows(rows: np.ndarray, num_models: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Which of ``rows`` validate: the ``val_fraction`` with the smallest per-row random keys.
+
+    Keys depend only on (seed, row index), so the split does not depend on rows that are
+    incomplete or held out, and adding rows moves only a few existing rows across."""
+    n = len(rows)
+    num_val = int(round(val_fraction * n))
+    if num_val < 2 or n - num_val < 2:
+        raise DatamodelsError(f"{n} completed fitting models give {num_val} validation and {n - num_val} training "
+                              f"models at fit.val_fraction={val_fraction}; each needs at least 2")
+    keys = np.random.default_rng(seed).random(num_models)[rows]
+    is_val = np.zeros(n, dtype=bool)
+    is_val[np.argsort(keys, kind="stable")[:num_val]] = True
+    return is_val
+
+
+def _margins(store: Store, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    y = np.asarray(store.margins[rows], dtype=np.float64)[:, cols]
+    bad = ~np.isfinite(y).all(axis=1)
+    if bad.any():
+        raise DatamodelsError(f"store {store.path}: completed row {int(rows[np.argmax(bad)])} has non-finite margins "
+                              f"({int(bad.sum())} such rows in this chunk)")
+    return y
+
+
+# ---- sufficient statistics ----------------------------------------------------------------
+@dataclass
+class _Stats:
+    """Sufficient statistics of (X, y − offset) over a set of rows."""
+    n: int
+    sx: torch.Tensor  # [N]    Xᵀ1, float64
+    sy: torch.Tensor  # [T]    1ᵀy, float64
+    xx: torch.Tensor  # [N, N] XᵀX, integer counts: float32 (exact below 2**24 rows) or float64
+    xy: torch.Tensor  # [N, T] Xᵀy, float64
+    yy: torch.Tensor  # [T]    Σ y², float64
+
+    @classmethod
+    def zeros(cls, N: int, T: int, xx_dtype, device) -> "_Stats":
+        z = lambda *shape, dtype=torch.float64: torch.zeros(*shape, dtype=dtype, device=device)
+        return cls(0, z(N), z(T), z(N, N, dtype=xx_dtype), z(N, T), z(T))
+
+    def add(self, masks: torch.Tensor, y: torch.Tensor) -> None:
+        """Fold in a chunk: masks bool [m, N], y float64 [m, T]."""
+        if len(masks) == 0:
+            return
+        x = masks.float()
+        self.n += len(x)
+        self.sx += x.sum(0, dtype=torch.float64)
+        self.sy += y.sum(0)
+        self.xx += _mask_gram(masks, x).to(self.xx.dtype)
+        self.xy += (x.T @ y.float()).double()
+        self.yy += (y * y).sum(0)
+
+    def absorb(self, other: "_Stats") -> "_Stats":
+        """Add ``other`` into these statistics in place (and drop its XᵀX); returns self."""
+        self.n += other.n
+        for name in ("sx", "sy", "xx", "xy", "yy"):
+            getattr(self, name).add_(getattr(other, name))
+        other.xx = None
+        return self
+
+
+def _mask_gram(masks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """XᵀX of a chunk of 0/1 masks, exactly (integer counts).  On CPU an int8 GEMM with
+    int32 sums is several times faster than float32 (VNNI); where it is unavailable (other
+    devices, shapes it rejects, older torch) the float32 product is exact too."""
+    if masks.device.type == "cpu" and hasattr(torch, "_int_mm"):
+        xi = masks.to(torch.int8)
+        try:
+            return torch._int_mm(xi.T.contiguous(), xi)
+        except RuntimeError:
+            pass
+    return x.T @ x
+
+
+def _accumulate(store: Store, rows, is_val, cols, offset, chunk_rows: int, dev) -> Tuple[_Stats, _Stats]:
+    N, T = store.num_train, len(cols)
+    xx_dtype = torch.float32 if len(rows) < _EXACT_FLOAT32 else torch.float64
+    # A float32 chunk product is exact only while its own counts stay below 2**24.
+    step = min(int(chunk_rows), _EXACT_FLOAT32 - 1)
+    train = _Stats.zeros(N, T, xx_dtype, dev)
+    val = _Stats.zeros(N, T, xx_dtype, dev)
+    offset = torch.as_tensor(offset, dtype=torch.float64, device=dev)
+    for start in range(0, len(rows), step):
+        r = rows[start:start + step]
+        v = torch.as_tensor(is_val[start:start + step], device=dev)
+        x = torch.from_numpy(np.asarray(store.masks[r])).to(dev)
+        y = torch.from_numpy(_margins(store, r, cols)).to(dev) - offset
+        train.add(x[~v], y[~v])
+        val.add(x[v], y[v])
+    return train, val
+
+
+# ---- the standardised problem ------------------------------------------------------------------
+@dataclass
+class _Problem:
+    G: Optional[torch.Tensor]  # [N, N] X̃ᵀX̃/n, solver dtype
+    C: torch.Tensor      # [N, T] X̃ᵀ(y − ȳ)/n, solver dtype
+    scale: torch.Tensor  # [N] 1/std of each feature (0 for a constant feature), float64
+    mx: torch.Tensor     # [N] feature means, float64
+    my: torch.Tensor     # [T] target means (offset removed), float64
+
+
+def _row_blocks(N: int, cols: int):
+    """Row blocks small enough that a float64 block of ``cols`` columns stays near 64 MiB."""
+    step = max(1, (8 << 20) // max(1, cols))
+    return ((i, min(N, i + step)) for i in range(0, N, step))
+
+
+def _centred_gram(xx, s_row, s_col, mx, n_mx_term, scale, dtype, divide):
+    """scale · (XᵀX − s_row mxᵀ − mx s_colᵀ + n_mx_term mx mxᵀ) · scale / divide, in row blocks,
+    so the float64 working copy never holds all N² entries."""
+    N = xx.shape[0]
+    out = torch.empty(N, N, dtype=dtype, device=xx.device)
+    for i, j in _row_blocks(N, N):
+        block = (xx[i:j].double() - s_row[i:j, None] * mx[None] - mx[i:j, None] * s_col[None]
+                 + n_mx_term * mx[i:j, None] * mx[None])
+        out[i:j] = (block * scale[i:j, None] * scale[None] / divide).to(dtype)
+    return out
+
+
+def _standardise(s: _Stats, dtype) -> _Problem:
+    n = s.n
+    mx, my = s.sx / n, s.sy / n
+    var = torch.diagonal(s.xx).double() / n - mx * mx
+    # A 0/1 feature's variance is p(1−p) >= (n−1)/n² unless it is constant (exactly 0 here).
+    scale = torch.where(var > 0.5 / n ** 2, var.clamp(min=1e-300).rsqrt(), torch.zeros_like(var))
+    # Centring: XcᵀXc = XᵀX − n·mx·mxᵀ, written as the general form with s_row = s_col = 0.
+    zero = torch.zeros_like(mx)
+    G = _centred_gram(s.xx, zero, zero, mx, -n, scale, dtype, n)
+    C = ((s.xy - n * mx[:, None] * my[None]) * scale[:, None] / n).to(dtype)
+    return _Problem(G, C, scale, mx, my)
+
+
+class _Validation:
+    """Validation MSE of standardised weights from the validation rows' statistics alone.
+
+    With X', y' the validation rows centred at the *training* means and X' scaled by the
+    training scale, SSE(w) = y'ᵀy' − 2 wᵀX'ᵀy' + wᵀX'ᵀX'w: the same prediction
+    ȳ + (x − x̄)·(scale ⊙ w) the fitted model makes."""
+
+    def __init__(self, p: _Problem, v: _Stats, dtype):
+        n, mx, my = v.n, p.mx, p.my
+        self.G = _centred_gram(v.xx, v.sx, v.sx, mx, n, p.scale, dtype, n)
+        xy = v.xy - v.sx[:, None] * my[None] - mx[:, None] * v.sy[None] + n * mx[:, None] * my[None]
+        self.c = (xy * p.scale[:, None] / n).double()
+        self.yy = (v.yy - 2 * my * v.sy + n * my * my) / n
+
+    def mse(self, W: torch.Tensor) -> torch.Tensor:
+        return self.yy - 2 * (W.double() * self.c).sum(0) + _quadratic(self.G, W)
+
+
+def _quadratic(G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """wᵀGw for every column w of W (float64 [T]), touching only each column's support when small."""
+    out = torch.zeros(W.shape[1], dtype=torch.float64, device=W.device)
+    support = W != 0
+    sizes = support.sum(0)
+    small = sizes <= _dense_cutoff(G.shape[0])
+    for group in _groups(torch.nonzero(small).squeeze(1), sizes):
+        idx, valid = _working_set_indices(support[:, group], sizes[group])
+        if idx.shape[1] == 0:
+            continue
+        w = (W[:, group].gather(0, idx.T).T * valid).unsqueeze(2)  # [g, K, 1]
+        out[group] = (w * torch.bmm(_gather(G, idx, valid), w)).sum((1, 2)).double()
+    big = torch.nonzero(~small).squeeze(1)
+    if len(big):
+        Wb = W[:, big]
+        out[big] = (Wb * (G @ Wb)).sum(0).double()
+    return out
+
+
+# ---- the solver ---------------------------------------------------------------------------------
+def _dense_cutoff(N: int) -> int:
+    """Working sets up to this size are solved on gathered sub-Grams.  Gathering costs
+    ~8 ns per entry on CPU and each batched matvec ~0.4 ns per entry (memory-bound), so a
+    λ step costs ~12 ns·K² per target; all-feature FISTA costs ~10 GEMM passes at ~0.013 ns
+    per entry, ~0.13 ns·N².  They break even near K = N/10."""
+    return max(16, N // 10)
+
+
+def _groups(todo: torch.Tensor, sizes: torch.Tensor):
+    """Split targets into groups of similar working-set size whose gathered sub-Grams fit the
+    memory budget (sorted by size, so padding to the largest in a group wastes little)."""
+    if len(todo) == 0:
+        return
+    order = todo[torch.argsort(sizes[todo], stable=True)]
+    s = sizes[order].tolist()
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop + 1 - start) * max(1, s[stop]) ** 2 <= _GATHER_BUDGET:
+            stop += 1
+        yield order[start:stop]
+        start = stop
+
+
+def _working_set_indices(S: torch.Tensor, sizes: torch.Tensor):
+    """[g, K] feature indices of each column's working set in index order, padded with
+    feature 0, and the [g, K] mask of real entries."""
+    K = int(sizes.max()) if len(sizes) else 0
+    g = S.shape[1]
+    col, feature = torch.nonzero(S.T, as_tuple=True)  # sorted by column, then feature
+    start = torch.cumsum(sizes, 0) - sizes
+    pos = torch.arange(len(col), device=S.device) - start[col]
+    idx = torch.zeros(g, K, dtype=torch.long, device=S.device)
+    idx[col, pos] = feature
+    valid = torch.arange(K, device=S.device)[None, :] < sizes[:, None]
+    return idx, valid
+
+
+def _gather(G: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The [g, K, K] sub-Grams G[idx_t, idx_t], zero in padded rows and columns."""
+    sub = G[idx[:, :, None], idx[:, None, :]]
+    return sub.masked_fill_(~(valid[:, :, None] & valid[:, None, :]), 0)
+
+
+def _top_eigenvalue(G: torch.Tensor) -> float:
+    """An upper estimate of G's largest eigenvalue (the gradient's Lipschitz constant).
+
+    The spectrum of a random-mask Gram has no gap at the top, so power iteration creeps;
+    Lanczos with full reorthogonalisation pins the top Ritz value in a few dozen matvecs,
+    and adding its residual bound guards against stopping just below it."""
+    N = G.shape[0]
+    if N <= 64:
+        return float(torch.linalg.eigvalsh(G.double())[-1].clamp(min=1e-12)) * (1 + 1e-6)
+    steps = min(N, 60)
+    Gd = G.double()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(N, generator=gen, dtype=torch.float64).to(G.device)
+    Q = torch.zeros(steps, N, dtype=torch.float64, device=G.device)
+    Q[0] = q / q.norm()
+    alpha, beta = [], []
+    for j in range(steps):
+        w = Gd @ Q[j]
+        alpha.append(float(w @ Q[j]))
+        for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        b = float(w.norm())
+        beta.append(b)
+        if j + 1 == steps or b < 1e-10:
+            break
+        Q[j + 1] = w / b
+    m = len(alpha)
+    Tm = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(beta[: m - 1], dtype=torch.float64)
+        Tm += torch.diag(off, 1) + torch.diag(off, -1)
+    theta, vecs = torch.linalg.eigh(Tm)
+    residual = abs(beta[m - 1] * float(vecs[-1, -1]))
+    return max(float(theta[-1]) + residual, 1e-12) * (1 + 1e-3)
+
+
+def _soft(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.clamp(x.abs() - t, min=0)
+
+
+def _fista(matvec: Callable, c: torch.Tensor, lam: torch.Tensor, x0: torch.Tensor, L: float, tol: float,
+           max_iter: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FISTA for min ½xᵀAx − cᵀx + λ‖x‖₁, one problem per column of c [n, T].
+
+    ``matvec(z, cols)`` returns A·z for the columns ``cols`` still running.  A column stops
+    once its largest change is at most ``tol`` times its largest entry; stopped columns drop
+    out of the matvec, so each column's result is the same whichever others run beside it.
+    Momentum restarts when it points uphill (O'Donoghue and Candès), which keeps the linear
+    rate of the well-conditioned Grams of random masks.  Returns (x, c − A·z at each
+    column's last step, converged).
+
+    The elementwise work is written to make few passes over [n, T]: with a GEMM of ~N
+    multiply-adds per entry it is cheap, but a naive version costs half as much again."""
+    T = c.shape[1]
+    x, z = x0.clone(), x0.clone()
+    resid = c.clone()
+    t = torch.ones(T, dtype=c.dtype, device=c.device)
+    thresh = lam / L
+    converged = torch.zeros(T, dtype=torch.bool, device=c.device)
+    act = torch.arange(T, device=c.device)
+    for _ in range(max_iter):
+        whole = len(act) == T
+        za = z if whole else z.index_select(1, act)
+        xa = x if whole else x.index_select(1, act)
+        ta, th = (t, thresh) if whole else (t[act], thresh[act])
+        u = za - (matvec(za, act) - (c if whole else c.index_select(1, act))) / L  # gradient step
+        xn = u - u.clamp(-th, th)  # soft threshold
+        d = xn - xa
+        t_next = (1 + torch.sqrt(1 + 4 * ta * ta)) / 2
+        uphill = torch.linalg.vecdot(za, d, dim=0) > torch.linalg.vecdot(xn, d, dim=0)
+        momentum = torch.where(uphill, torch.zeros_like(ta), (ta - 1) / t_next)
+        t_next = torch.where(uphill, torch.ones_like(t_next), t_next)
+        # (abs().amax(0) is much faster here than vector_norm(inf) or einsum along dim 0)
+        done = d.abs().amax(0) <= tol * xn.abs().amax(0)
+        zn = d.mul_(momentum).add_(xn)
+        if whole:
+            x, z, t = xn, zn, t_next
+        else:
+            x.index_copy_(1, act, xn)
+            z.index_copy_(1, act, zn)
+            t[act] = t_next
+        if done.any():
+            stop = torch.nonzero(done).squeeze(1)
+            # c − A·z from the step: A·z − c = L·(z − u)
+            resid.index_copy_(1, act[stop], (u.index_select(1, stop) - za.index_select(1, stop)) * L)
+            converged[act[stop]] = True
+            act = act[~done]
+            if len(act) == 0:
+                break
+    else:  # out of iterations: the residual of the columns still running, computed afresh
+        if len(act):
+            za = z.index_select(1, act)
+            resid.index_copy_(1, act, c.index_select(1, act) - matvec(za, act))
+    return x, resid, converged
+
+
+class _Batched:
+    """A×z for a group of gathered sub-Grams [g, K, K]; as columns stop it computes on the
+    last compacted superset and compacts only when a quarter of that has stopped."""
+
+    def __init__(self, sub: torch.Tensor):
+        self.sub = sub
+        self.cols = torch.arange(sub.shape[0], device=sub.device)
+
+    def __call__(self, z: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        if len(act) <= 0.75 * len(self.cols):
+            keep = torch.isin(self.cols, act)
+            self.sub, self.cols = self.sub[keep], self.cols[keep]
+        if len(act) == len(self.cols):
+            return torch.bmm(self.sub, z.T.unsqueeze(2)).squeeze(2).T
+        pos = torch.searchsorted(self.cols, act)
+        full = torch.zeros(z.shape[0], len(self.cols), dtype=z.dtype, device=z.device)
+        full[:, pos] = z
+        return torch.bmm(self.sub, full.T.unsqueeze(2)).squeeze(2).T[:, pos]
+
+
+class _Lasso:
+    """min_w ½wᵀGw − cᵀw + λ‖w‖₁ for every column c of C, at one λ per column."""
+
+    def __init__(self, G: torch.Tensor, tol: float, max_iter: int):
+        self.G, self.tol, self.max_iter = G, tol, max_iter
+        self.L = _top_eigenvalue(G)
+        self.cutoff = _dense_cutoff(G.shape[0])
+
+    def solve(self, C, lam, W, R, lam_prev):
+        """Warm-started from W, with R = C − G·W at the previous λ (``lam_prev``) for the
+        strong rule.  Returns (W, C − G·W, converged)."""
+        G = self.G
+        T = C.shape[1]
+        W, R = W.clone(), R.clone()
+        converged = torch.zeros(T, dtype=torch.bool, device=C.device)
+        # Sequential strong rule (Tibshirani et al. 2012): a feature with |Rⱼ| < 2λ − λ_prev
+        # at the previous solution is very likely zero now.  The KKT check below catches
+        # the rare exceptions, so the rule only decides where to look first.
+        S = (W != 0) | (R.abs() >= (2 * lam - lam_prev)[None, :])
+        sizes = S.sum(0)
+        todo = torch.nonzero(sizes <= self.cutoff).squeeze(1)
+        dense = [torch.nonzero(sizes > self.cutoff).squeeze(1)]
+        for _ in range(_MAX_ROUNDS):
+            if len(todo) == 0:
+                break
+            for group in _groups(todo, sizes):
+                W[:, group], converged[group] = self._on_working_sets(C[:, group], lam[group], W[:, group],
+                                                                      S[:, group], sizes[group])
+            R[:, todo] = C[:, todo] - G @ W[:, todo]
+            violated = (R[:, todo].abs() > lam[todo] * (1 + _KKT_SLACK)) & ~S[:, todo]
+            S[:, todo] |= violated
+            sizes[todo] = S[:, todo].sum(0)
+            again = violated.any(0)
+            too_big = again & (sizes[todo] > self.cutoff)
+            dense.append(todo[too_big])
+            todo = todo[again & ~too_big]
+        dense.append(todo)  # still finding violators after every round: solve on all features
+        dense = torch.cat(dense)
+        if len(dense):
+            dense = torch.sort(dense).values
+            W[:, dense], R[:, dense], converged[dense] = _fista(
+                lambda z, act: G @ z, C[:, dense], lam[dense], W[:, dense], self.L, self.tol, self.max_iter)
+        return W, R, converged
+
+    def _on_working_sets(self, C, lam, W, S, sizes):
+        idx, valid = _working_set_indices(S, sizes)
+        if idx.shape[1] == 0:  # nothing can be nonzero: w = 0 (the KKT check confirms it)
+            return torch.zeros_like(W), torch.ones(W.shape[1], dtype=torch.bool, device=W.device)
+        c = C.gather(0, idx.T) * valid.T
+        w0 = W.gather(0, idx.T) * valid.T
+        w, _, converged = _fista(_Batched(_gather(self.G, idx, valid)), c, lam, w0, self.L, self.tol,
+                                 self.max_iter)
+        out = torch.zeros_like(W)
+        col, pos = torch.nonzero(valid, as_tuple=True)
+        out[idx[col, pos], col] = w[pos, col]
+        return out, converged
+
+
+def _extrapolate(W: torch.Tensor, W_prev: torch.Tensor, ratio) -> torch.Tensor:
+    """A warm start for the next λ: the LASSO path is piecewise linear in λ, so continue the
+    last step (λ steps shrink by ``ratio``); entries that would change sign start at 0."""
+    guess = W + (W - W_prev) * float(ratio)
+    return torch.where(torch.sign(guess) == torch.sign(W), guess, torch.zeros_like(guess))
+
+
+def _refit(everything: _Stats, prob: _Problem, w_train, lam, dtype, tol, max_iter):
+    """Refit on all fitting rows at the chosen λ; returns (weight, bias, converged) in mask units
+    (bias still without the margin offset)."""
+    full = _standardise(everything, dtype)
+    everything.xx = None
+    beta = w_train.double() * prob.scale[:, None]  # mask units: unchanged by restandardising
+    inv = torch.where(full.scale > 0, 1 / full.scale.clamp(min=1e-300), torch.zeros_like(full.scale))
+    start = (beta * inv[:, None]).to(dtype)
+    solver = _Lasso(full.G, tol=tol, max_iter=max_iter)
+    lam = lam.to(dtype)
+    R = full.C - full.G @ start
+    w, _, converged = solver.solve(full.C, lam, start, R, lam)
+    weight = w.double() * full.scale[:, None]
+    bias = full.my - full.mx @ weight
+    return weight, bias, converged
+
+
+# ---- reporting --------------------------------------------------------------------------------
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fit: lambda path", unit="step")
+
+
+def _warn_unconverged(converged: np.ndarray, cols: np.ndarray, max_iter: int) -> None:
+    bad = cols[~converged]
+    if len(bad):
+        shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        warnings.warn(f"fit: {len(bad)} of {len(cols)} targets did not converge within fit.max_iter={max_iter} "
+                      f"(targets {shown}); raise fit.max_iter or fit.tol", RuntimeWarning, stacklevel=3)

@@ -1,0 +1,467 @@
+"""``datamodels report DIR``: one self-contained HTML page about a run.
+
+Every figure is a matplotlib PNG inlined as base64 and the styling is inline CSS, so
+``DIR/report.html`` opens anywhere, offline, and can be mailed as one file.  What is
+cheap is computed on the spot (LDS, predicted-vs-actual margins, top examples, predicted
+brittleness, leakage, PCA).  What needs retraining (verified counterfactuals and
+brittleness) is shown when it has been computed for these datamodels, by ``--verify R``
+here or by ``datamodels counterfactual``/``brittleness`` with ``--verify``, which keep
+their results in ``DIR/analyses/``; the refits of the learning curve are kept there too.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .analyses._run import Run, load_result, open_run, rng_for, save_result
+
+# Counterfactuals the report verifies: targets x these removal specs.
+REPORT_SPECS = ("top:5", "top:10", "top:20", "bottom:10", "random:10")
+REPORT_TARGETS = 40
+PAIRS_SHOWN = 8
+LEARNING_CURVE_MIN_RATIO = 2
+PLOTTED_EVAL_MODELS = 1000  # a scatter of more shows nothing new
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0; background: #f6f7f9;
+       color: #1d2330; line-height: 1.45; }
+main { max-width: 1080px; margin: 0 auto; padding: 24px 32px 64px; }
+h1 { font-size: 26px; margin: 8px 0 4px; }
+h2 { font-size: 19px; margin: 0 0 6px; }
+section { background: #fff; border: 1px solid #dfe3ea; border-radius: 8px; padding: 18px 22px; margin: 18px 0; }
+p.lead { color: #4a5568; margin: 0 0 10px; }
+p.note { color: #6b7280; font-size: 13px; }
+img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
+th, td { border-bottom: 1px solid #e5e7eb; padding: 3px 10px; text-align: right; }
+th { background: #f3f4f6; }
+td.l, th.l { text-align: left; }
+.kpis { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
+.kpi { background: #fff; border: 1px solid #dfe3ea; border-radius: 8px; padding: 10px 16px; min-width: 140px; }
+.kpi b { display: block; font-size: 22px; }
+.kpi span { color: #6b7280; font-size: 12px; }
+"""
+
+
+def report(run="runs/digits", out=None, *, verify: int = 0, datamodels=None, config=None, address=None,
+           learning_curve: Optional[bool] = None, num_examples: int = 6, seed: int = 0,
+           progress: bool = True) -> Path:
+    """Write the run's HTML report (default ``RUN/report.html``) and return its path.
+
+    ``verify`` > 0 retrains that many models per counterfactual mask and per brittle target
+    (through the sweep machinery) and keeps the results for later reports.
+    ``learning_curve``: True refits datamodels on growing numbers of models, False leaves the
+    curve out, None (default) refits only when the store holds at least
+    ``LEARNING_CURVE_MIN_RATIO`` times as many fitting models as training examples, since
+    refits with fewer models than that are slow (an underdetermined regression) and the
+    answer is plain anyway: more models will pay off."""
+    run = open_run(run, datamodels=datamodels, config=config, address=address)
+    out = Path(out) if out is not None else run.path / "report.html"
+    started = time.time()
+    sections: List[str] = []
+    lds_scores = _lds(run)
+    sections.append(_summary(run, lds_scores))
+    sections.append(_accuracy(run, lds_scores))
+    if learning_curve is not False:
+        sections.append(_learning_curve(run, progress, force=bool(learning_curve)))
+    sections.append(_top_examples(run, num_examples, seed))
+    if verify:
+        _run_verifications(run, int(verify), seed, progress)
+    sections.append(_counterfactuals(run))
+    sections.append(_brittleness(run))
+    sections.append(_leakage(run))
+    sections.append(_embeddings(run, seed))
+    title = f"Datamodels report: {html.escape(str(run.path))}"
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{title}</title><style>{CSS}</style></head>\n<body><main>\n<h1>{title}</h1>\n"
+            f"<p class=\"note\">Generated {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - started:.0f} s by "
+            f"<code>datamodels report</code>. Datamodels fingerprint {run.fingerprint()}.</p>\n"
+            + "\n".join(s for s in sections if s) + "\n</main></body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+# ---- building blocks ---------------------------------------------------------------------------
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def _img(fig, alt: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _section(title: str, lead: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2><p class=\"lead\">{lead}</p>\n{body}</section>"
+
+
+def _table(rows: Sequence[dict], columns: Sequence[str], left: Sequence[str] = ()) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "n/a" if not np.isfinite(v) else f"{v:.3g}"
+        return html.escape(str(v))
+
+    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in columns)
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{cell(r.get(c, ""))}</td>'
+                                     for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _show(ax, image: np.ndarray, title: str = "", color: Optional[str] = None) -> None:
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.dtype != np.uint8:
+        lo, hi = float(img.min()), float(img.max())
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img, dtype=np.float32)
+    if img.ndim == 2:
+        ax.imshow(img, cmap="gray_r", interpolation="nearest")
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(color is not None)
+        if color is not None:
+            spine.set_color(color)
+            spine.set_linewidth(2)
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def _image_rows(rows: List[List[tuple]], row_labels: Sequence[str], cell: float = 1.0):
+    """A grid of images: rows of (image, caption, frame colour or None)."""
+    ncols = max(len(r) for r in rows)
+    fig = _figure(cell * ncols + 1.2, cell * 1.25 * len(rows) + 0.2)
+    axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
+    for i, row in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i, j]
+            if j < len(row):
+                image, caption, color = row[j]
+                _show(ax, image, caption, color)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
+    return fig
+
+
+# ---- sections ------------------------------------------------------------------------------------
+
+def _lds(run: Run) -> Optional[dict]:
+    from .errors import DatamodelsError
+    from .evaluate import lds
+
+    if len(run.store.rows("eval")) == 0:
+        return None
+    try:
+        return lds(run.store, run.dm)
+    except DatamodelsError:
+        return None
+
+
+def _summary(run: Run, scores: Optional[dict]) -> str:
+    store = run.store
+    kpis = [("training examples", f"{run.num_train:,}"), ("targets", f"{run.num_targets:,}"),
+            ("models for fitting", f"{len(store.rows('fit')):,}"), ("held-out models", f"{len(store.rows('eval')):,}"),
+            ("subset fraction α", f"{run.alpha:g}")]
+    if scores is not None:
+        kpis.insert(0, ("LDS (held-out)", f"{scores['lds']:.3f}"))
+    nnz = np.count_nonzero(run.weight, axis=0)
+    kpis.append(("median nonzero weights", f"{int(np.median(nnz)):,}"))
+    body = '<div class="kpis">' + "".join(f"<div class=\"kpi\"><b>{v}</b><span>{html.escape(k)}</span></div>"
+                                          for k, v in kpis) + "</div>"
+    worker = store.meta.get("worker")
+    if worker:
+        body += f"<p class=\"note\">Training program: <code>{html.escape(str(worker))}</code></p>"
+    return _section("Summary", "One linear datamodel per target: margin ≈ mask · weight + bias, fitted on the sweep's "
+                    "models.", body)
+
+
+def _accuracy(run: Run, scores: Optional[dict]) -> str:
+    from .fit import predict
+
+    rows = run.store.rows("eval")
+    if len(rows) == 0 or scores is None:
+        return _section("Accuracy", "The store has no completed held-out models, so accuracy cannot be measured.", "")
+    rows = rows[:PLOTTED_EVAL_MODELS]
+    masks = np.asarray(run.store.masks[rows])
+    actual = np.asarray(run.store.margins[rows], dtype=np.float32)[:, run.columns]
+    pred = predict(run.dm, masks)
+    r = np.corrcoef(pred.ravel(), actual.ravel())[0, 1]
+    fig = _figure(10, 4)
+    ax1, ax2 = fig.subplots(1, 2)
+    hb = ax1.hexbin(pred.ravel(), actual.ravel(), gridsize=60, bins="log", cmap="viridis", mincnt=1)
+    lo, hi = np.percentile(np.concatenate([pred.ravel(), actual.ravel()]), [0.5, 99.5])
+    ax1.plot([lo, hi], [lo, hi], color="#e4572e", lw=1)
+    ax1.set_xlim(lo, hi)
+    ax1.set_ylim(lo, hi)
+    ax1.set_xlabel("predicted margin")
+    ax1.set_ylabel("actual margin")
+    ax1.set_title(f"{len(rows)} held-out models × {run.num_targets} targets (Pearson r = {r:.3f})", fontsize=10)
+    fig.colorbar(hb, ax=ax1, label="count")
+    per_target = np.asarray(scores["per_target"], dtype=np.float64)
+    ax2.hist(per_target[np.isfinite(per_target)], bins=40, color="#4c72b0")
+    ax2.axvline(scores["lds"], color="#e4572e", lw=1.5, label=f"mean {scores['lds']:.3f}")
+    ax2.set_xlabel("Spearman correlation per target")
+    ax2.set_ylabel("targets")
+    ax2.set_title("Linear datamodeling score (LDS) per target", fontsize=10)
+    ax2.legend()
+    return _section("Predicted against actual margins",
+                    "Models trained on held-out random subsets, never used for fitting: how well each subset's "
+                    "margins are predicted (left), and per target the rank correlation across subsets, whose mean is "
+                    "the LDS (right).", _img(fig, "predicted vs actual margins and LDS histogram"))
+
+
+def _learning_curve(run: Run, progress: bool, force: bool) -> str:
+    from .analyses.learning_curve import default_sizes, learning_curve
+    from .errors import DatamodelsError
+
+    total = len(run.store.rows("fit"))
+    result = load_result(run, "learning_curve")
+    if result is None or result.get("points", [{}])[-1].get("num_models") != total:
+        if not force and total < LEARNING_CURVE_MIN_RATIO * run.num_train:
+            return _section("Learning curve", f"The datamodels were fitted on {total:,} models, fewer than "
+                            f"{LEARNING_CURVE_MIN_RATIO}× the {run.num_train:,} training examples: more models will "
+                            "very likely pay off. <code>datamodels learning-curve --run "
+                            f"{html.escape(str(run.path))}</code> measures the curve (refits are slow in this "
+                            "regime).", "")
+        try:
+            result = learning_curve(run, sizes=default_sizes(total, points=4, smallest=1 / 8), progress=progress)
+        except DatamodelsError as exc:
+            return _section("Learning curve", html.escape(str(exc)), "")
+        save_result(run, "learning_curve", result)
+    pts = result["points"]
+    x = [p["num_models"] for p in pts]
+    y = [p["lds"] for p in pts]
+    fig = _figure(6, 3.6)
+    ax = fig.subplots()
+    ax.plot(x, y, "o-", color="#4c72b0")
+    q = [p.get("quantiles", {}) for p in pts]
+    if all("p25" in d and "p75" in d for d in q):
+        ax.fill_between(x, [d["p25"] for d in q], [d["p75"] for d in q], alpha=0.2, color="#4c72b0",
+                        label="targets' 25-75% range")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("models used for fitting")
+    ax.set_ylabel("LDS on held-out models")
+    ax.grid(alpha=0.3)
+    gain = y[-1] - y[-2] if len(y) > 1 else float("nan")
+    verdict = (f"The last step ({x[-2]:,} → {x[-1]:,} models) gained {gain:+.3f} LDS"
+               + ("; more models would likely still pay off." if gain > 0.01 else "; the curve is flattening.")
+               if len(y) > 1 else "")
+    return _section("Learning curve", "Datamodels refitted on the first n models of the sweep, scored on the same "
+                    f"held-out models ({result['num_targets']} targets). {verdict}", _img(fig, "learning curve"))
+
+
+def _top_examples(run: Run, count: int, seed: int) -> str:
+    rng = rng_for(seed, "report")
+    targets = np.sort(rng.choice(run.num_targets, min(count, run.num_targets), replace=False))
+    x_train, y_train = run.images("train")
+    x_t, y_t = run.target_images(targets)
+    k = 5
+    rows, labels = [], []
+    for i, t in enumerate(targets):
+        w = run.weight[:, t]
+        pos = np.argsort(-w, kind="stable")[:k]
+        neg = np.argsort(w, kind="stable")[:k]
+        row = [(x_t[i], f"target {t}\nlabel {y_t[i]}", "#1d2330")]
+        row += [(x_train[j], f"#{j} ({y_train[j]})\n{w[j]:+.2f}", "#2a9d8f") for j in pos]
+        row += [(x_train[j], f"#{j} ({y_train[j]})\n{w[j]:+.2f}", "#e4572e") for j in neg]
+        rows.append(row)
+        labels.append("")
+    fig = _image_rows(rows, labels)
+    return _section("Most influential training examples",
+                    "For a sample of targets (left): the five training examples whose presence raises the target's "
+                    "margin most (green frames) and lowers it most (red frames), with training index, label and "
+                    "weight.", _img(fig, "top positive and negative training examples"))
+
+
+def _run_verifications(run: Run, verify: int, seed: int, progress: bool) -> None:
+    from .analyses.brittleness import brittleness
+    from .analyses.counterfactual import counterfactual, pick_targets
+
+    targets = pick_targets(run, min(REPORT_TARGETS, run.num_targets), seed)
+    with run.ray():
+        cf = counterfactual(run, targets, list(REPORT_SPECS), verify=verify, seed=seed, progress=progress)
+        save_result(run, "counterfactual", cf)
+        br = brittleness(run, verify=verify, seed=seed, progress=progress)
+        save_result(run, "brittleness", br)
+
+
+def _counterfactuals(run: Run) -> str:
+    result = load_result(run, "counterfactual")
+    lead = ("The datamodel predicts that removing a set R of training examples changes a target's margin by "
+            "−Σ<sub>j∈R</sub> w<sub>j</sub>. ")
+    if result is None or not any("verified" in c for c in result["counterfactuals"]):
+        from .analyses.counterfactual import counterfactual, pick_targets
+
+        targets = pick_targets(run, min(REPORT_TARGETS, run.num_targets))
+        result = counterfactual(run, targets, ["top:5", "top:10", "top:20", "bottom:10"])
+        fig = _figure(6, 3.6)
+        ax = fig.subplots()
+        for spec in ["top:5", "top:10", "top:20", "bottom:10"]:
+            vals = [c["predicted_change"] for c in result["counterfactuals"] if c["remove"] == spec]
+            ax.hist(vals, bins=20, alpha=0.55, label=f"remove {spec}")
+        ax.set_xlabel("predicted margin change")
+        ax.set_ylabel("targets")
+        ax.legend()
+        note = ("<p class=\"note\">Not yet checked by retraining: run <code>datamodels report "
+                f"{html.escape(str(run.path))} --verify 10</code> or <code>datamodels counterfactual --batch 40 "
+                "--verify 10</code> to train models without each set and compare.</p>")
+        return _section("Counterfactuals", lead + f"Predicted changes for {len(targets)} random targets.",
+                        _img(fig, "predicted counterfactual changes") + note)
+    items = [c for c in result["counterfactuals"] if "verified" in c]
+    pred = np.array([c["verified"]["predicted_change"] for c in items])
+    act = np.array([c["verified"]["actual_change"] for c in items])
+    se = np.array([c["verified"]["actual_change_se"] for c in items])
+    corr = result.get("correlation", {})
+    fig = _figure(6.4, 5)
+    ax = fig.subplots()
+    specs = list(dict.fromkeys(c["remove"] for c in items))
+    for spec in specs:
+        sel = np.array([c["remove"] == spec for c in items])
+        ax.errorbar(pred[sel], act[sel], yerr=np.nan_to_num(se[sel]), fmt="o", ms=4, alpha=0.8, label=f"remove {spec}")
+    lo, hi = float(min(pred.min(), act.min())), float(max(pred.max(), act.max()))
+    ax.plot([lo, hi], [lo, hi], color="#6b7280", lw=1, ls="--")
+    ax.set_xlabel("predicted margin change")
+    ax.set_ylabel("actual margin change (retrained)")
+    ax.set_title(f"Pearson r = {corr.get('pearson', float('nan')):.3f}, Spearman = "
+                 f"{corr.get('spearman', float('nan')):.3f}", fontsize=10)
+    ax.legend(fontsize=8)
+    rows = [{"remove": spec, **{k: v for k, v in c.items() if k in ("pearson", "spearman", "n")}}
+            for spec, c in result.get("by_spec", {}).items()]
+    setting = ("α-subsets containing R, with and without R" if result["base"] == "subset"
+               else "the full training set, with and without R")
+    body = (_img(fig, "verified counterfactuals") + _table(rows, ["remove", "n", "pearson", "spearman"], ["remove"])
+            + f"<p class=\"note\">{result['verify']} model pairs per counterfactual, trained on {setting} "
+              "(same subset and seed within a pair); error bars are standard errors.</p>")
+    return _section("Counterfactuals, checked by retraining", lead + f"Over {len(items)} counterfactuals on "
+                    f"{len({c['target'] for c in items})} targets, predicted and actual changes correlate with "
+                    f"<b>Pearson r = {corr.get('pearson', float('nan')):.3f}</b> (Spearman "
+                    f"{corr.get('spearman', float('nan')):.3f}).", body)
+
+
+def _brittleness(run: Run) -> str:
+    from .analyses.brittleness import brittleness
+
+    result = load_result(run, "brittleness") or brittleness(run)
+    sizes = np.array([r["support_size"] for r in result["targets"] if r["support_size"]])
+    counts = result["counts"]
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    if len(sizes):
+        bins = np.unique(np.round(np.geomspace(1, max(2, sizes.max() + 1), 25)).astype(int))
+        ax.hist(sizes, bins=bins, color="#4c72b0")
+        ax.set_xscale("log")
+        ax.axvline(result["max_support"] + 0.5, color="#e4572e", lw=1, ls="--")
+    ax.set_xlabel("support size (training examples whose removal flips the prediction)")
+    ax.set_ylabel("targets")
+    at_most = counts[f"at_most_{result['max_support']}"]
+    text = (f"Of {result['num_targets']} targets, {counts['already_wrong']} are predicted wrong already, "
+            f"{counts['flippable']} can be flipped by removing their most supportive training examples "
+            f"({at_most} with at most {result['max_support']}), and "
+            f"{counts['never_flips']} cannot be flipped that way.")
+    verified = result.get("verified")
+    if verified and verified.get("checked"):
+        text += (f" Checked by retraining ({verified['models']} models each, mean margin below 0): "
+                 f"<b>{verified['flipped']} of {verified['checked']} ({verified['share']:.0%})</b> targets with "
+                 f"support size ≤ {result['max_support']} truly flip.")
+    else:
+        text += (" <span class=\"note\">Not yet checked by retraining (<code>datamodels brittleness --verify "
+                 "10</code>).</span>")
+    brittle = sorted((r for r in result["targets"] if r["support_size"]), key=lambda r: r["support_size"])[:10]
+    rows = [{"target": r["target"], "support size": r["support_size"], "margin before": r["predicted_before"],
+             "predicted after": r["predicted_after"],
+             "actual after": r.get("verified", {}).get("actual_after", float("nan"))} for r in brittle]
+    return _section("Brittle predictions", text,
+                    _img(fig, "support size distribution")
+                    + _table(rows, ["target", "support size", "margin before", "predicted after", "actual after"]))
+
+
+def _leakage(run: Run) -> str:
+    from .analyses.leakage import leakage
+
+    if not run.is_test_target().any():
+        return ""
+    result = leakage(run, k=PAIRS_SHOWN)
+    pairs = result["pairs"]
+    x_train, y_train = run.images("train")
+    x_t, y_t = run.target_images([p["target"] for p in pairs])
+    cells = []
+    for i, p in enumerate(pairs):
+        cells.append([(x_t[i], f"target {p['target']} ({y_t[i]})", "#1d2330"),
+                      (x_train[p["train"]], f"train #{p['train']} ({y_train[p['train']]})", "#e4572e")])
+    cols = 4
+    grid = []
+    for start in range(0, len(cells), cols):
+        row = []
+        for pair in cells[start:start + cols]:
+            row += pair
+        grid.append(row)
+    fig = _image_rows(grid, [""] * len(grid), cell=1.1)
+    rows = [{"rank": p["rank"], "target": p["target"], "train": p["train"], "score": p["score"], "weight": p["weight"]}
+            for p in pairs]
+    return _section("Possible train-test leakage",
+                    "(target, training example) pairs in which one training example carries an outsized share of the "
+                    "target's datamodel while mattering little to other targets, as a near-duplicate would; highest "
+                    "scores first, each pair side by side. A duplicate of an easy example barely changes the model "
+                    "and stays invisible here.", _img(fig, "leakage pairs")
+                    + _table(rows, ["rank", "target", "train", "score", "weight"]))
+
+
+def _embeddings(run: Run, seed: int) -> str:
+    from .analyses.embeddings import embeddings
+
+    if run.num_targets < 3:
+        return ""
+    result = embeddings(run, num_components=3, k=6, seed=seed)
+    coords = result["coords"]
+    _, labels = run.target_images(np.arange(run.num_targets))
+    fig = _figure(6.4, 5)
+    ax = fig.subplots()
+    sc = ax.scatter(coords[:, 0], coords[:, 1] if coords.shape[1] > 1 else np.zeros(len(coords)), c=labels, s=10,
+                    cmap="tab10", alpha=0.85)
+    ratios = result["explained_variance_ratio"]
+    ax.set_xlabel(f"PC 1 ({ratios[0]:.1%} of variance)")
+    if len(ratios) > 1:
+        ax.set_ylabel(f"PC 2 ({ratios[1]:.1%} of variance)")
+    fig.colorbar(sc, ax=ax, label="target label")
+    x_t, y_t = run.target_images(np.arange(run.num_targets))
+    rows, row_labels = [], []
+    for c in result["components"]:
+        row = [(x_t[t], f"{t} ({y_t[t]})", "#e4572e") for t in c["negative"]]
+        row += [(x_t[t], f"{t} ({y_t[t]})", "#2a9d8f") for t in c["positive"][::-1]]
+        rows.append(row)
+        row_labels.append(f"PC {c['component'] + 1}")
+    strips = _image_rows(rows, row_labels)
+    from .analyses.embeddings import nearest
+
+    near_rows, near_labels = [], []
+    for t in rng_for(seed, "report", 2).choice(run.num_targets, min(3, run.num_targets), replace=False):
+        nn = nearest(run, int(t), 6)["nearest"]
+        near_rows.append([(x_t[t], f"target {t}", "#1d2330")]
+                         + [(x_t[n["target"]], f"{n['target']}\ncos {n['cosine']:.2f}", None) for n in nn])
+        near_labels.append("")
+    near = _image_rows(near_rows, near_labels)
+    return _section("Datamodel embeddings",
+                    "Each target's datamodel, scaled to unit length, is a vector over the training set; targets with "
+                    "similar vectors depend on the same training data. A 2-D PCA map coloured by label; then, for "
+                    "the top principal components, the targets at their two ends (red: lowest, green: highest); then "
+                    "a few targets with their nearest neighbours by cosine similarity.",
+                    _img(fig, "PCA map") + _img(strips, "principal component ends") + _img(near, "nearest targets"))

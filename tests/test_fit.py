@@ -1,0 +1,201 @@
+import numpy as np
+import pytest
+
+from datamodels.errors import DatamodelsError
+from datamodels.evaluate import lds
+from datamodels.fit import fit, load, predict
+from datamodels.store import Store
+
+N, T, K = 60, 6, 3  # training examples, targets, planted nonzero weights per target
+
+
+def planted(seed=0):
+    """A sparse truth: K weights per target of magnitude 1 to 2 (random signs), and biases."""
+    rng = np.random.default_rng(seed)
+    weight = np.zeros((N, T))
+    for t in range(T):
+        weight[rng.choice(N, K, replace=False), t] = rng.uniform(1, 2, K) * rng.choice([-1, 1], K)
+    return weight, rng.normal(0, 3, T)
+
+
+def margins(store, rows, weight, bias, noise=0.2, seed=1):
+    rng = np.random.default_rng([seed, len(rows)])
+    x = np.asarray(store.masks[rows], dtype=np.float64)
+    return (x @ weight + bias + rng.normal(0, noise, (len(rows), weight.shape[1]))).astype(np.float32)
+
+
+def make_store(path, num_fit=400, num_eval=100, seed=0):
+    weight, bias = planted()
+    store = Store.create(path, num_train=N, num_targets=T, alpha=0.5, seed=seed)
+    store.grow(num_fit, num_eval)
+    rows = np.arange(store.num_models)
+    store.write(rows, margins(store, rows, weight, bias))
+    return store, weight, bias
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    store, weight, bias = make_store(tmp_path_factory.mktemp("fit") / "store")
+    return store, weight, bias, fit(store, progress=False)
+
+
+def test_recovers_the_planted_sparse_datamodels(synthetic):
+    store, weight, bias, dm = synthetic
+    assert dm["weight"].shape == (N, T) and dm["weight"].dtype == np.float32
+    assert dm["bias"].shape == (T,) and dm["converged"].all()
+    for t in range(T):
+        top = np.argsort(-np.abs(dm["weight"][:, t]))[:K]
+        assert set(top) == set(np.flatnonzero(weight[:, t]))
+    assert np.abs(dm["weight"] - weight).max() < 0.15
+    assert np.abs(dm["bias"] - bias).max() < 0.3
+    assert lds(store, dm)["lds"] > 0.9
+    assert dm["num_models"] == 400 and list(dm["targets"]) == list(range(T))
+    assert dm["lambda_path"].shape == dm["val_mse_path"].shape == (40, T)
+    chosen = dm["val_mse_path"].argmin(0)
+    assert np.allclose(dm["val_mse"], dm["val_mse_path"][chosen, range(T)])
+    assert np.allclose(dm["lam"], dm["lambda_path"][chosen, range(T)])
+    assert (dm["nnz"] == (dm["weight"] != 0).sum(0)).all()
+
+
+def test_validation_mse_from_statistics_matches_direct_computation(synthetic):
+    # At λ_max every weight is 0, so the model predicts the training mean and the
+    # validation MSE computed from sufficient statistics must equal the direct one.
+    from datamodels.fit import _validation_rows
+
+    store, _, _, dm = synthetic
+    rows = store.rows("fit")
+    is_val = _validation_rows(rows, store.num_models, 0.1, 0)
+    assert is_val.sum() == 40
+    y = np.asarray(store.margins[rows], dtype=np.float64)
+    direct = ((y[is_val] - y[~is_val].mean(0)) ** 2).mean(0)
+    assert np.allclose(dm["val_mse_path"][0], direct, rtol=1e-5)
+    assert (dm["val_mse"] < 0.2 * direct).all()  # the planted signal explains most of it
+
+
+def test_streamed_equals_in_memory(synthetic):
+    store, _, _, whole = synthetic
+    streamed = fit(store, progress=False, chunk_rows=7)
+    assert np.allclose(streamed["weight"], whole["weight"], atol=1e-4)
+    assert np.allclose(streamed["bias"], whole["bias"], atol=1e-4)
+    assert np.allclose(streamed["val_mse_path"], whole["val_mse_path"], rtol=1e-4)
+
+
+def test_target_slices_equal_the_whole_fit(synthetic):
+    store, _, _, whole = synthetic
+    for targets in ([4, 1], slice(2, 5)):
+        part = fit(store, progress=False, targets=targets)
+        cols = np.arange(T)[targets]
+        assert list(part["targets"]) == list(cols)
+        assert np.allclose(part["weight"], whole["weight"][:, cols], atol=1e-5)
+        assert np.allclose(part["bias"], whole["bias"][cols], atol=1e-5)
+        assert np.array_equal(part["lam"], whole["lam"][cols])
+
+
+def test_is_deterministic(synthetic):
+    store, _, _, dm = synthetic
+    again = fit(store, progress=False)
+    assert all(np.array_equal(again[k], dm[k]) for k in ("weight", "bias", "lam", "val_mse_path"))
+    other = fit(store, progress=False, seed=1)  # another validation split
+    assert not np.array_equal(other["val_mse_path"], dm["val_mse_path"])
+
+
+def test_uses_only_completed_fitting_rows(tmp_path):
+    weight, bias = planted()
+    clean = Store.create(tmp_path / "clean", num_train=N, num_targets=T, alpha=0.5, seed=3)
+    clean.grow(300, 0)
+    clean.write(np.arange(300), margins(clean, np.arange(300), weight, bias))
+
+    messy = Store.create(tmp_path / "messy", num_train=N, num_targets=T, alpha=0.5, seed=3)
+    messy.grow(340, 30)  # rows 0..339 fit (same masks as the clean store's 0..299), 340..369 eval
+    messy.write(np.arange(300), margins(messy, np.arange(300), weight, bias))
+    rng = np.random.default_rng(5)
+    messy.write(np.arange(340, 370), rng.normal(0, 1e3, (30, T)).astype(np.float32))  # garbage eval rows
+    messy.margins[300:340] = np.float32(1e6)  # incomplete rows holding garbage (even NaN would do)
+    messy.margins[300] = np.nan
+    messy.margins.flush()
+
+    a, b = fit(clean, progress=False), fit(messy, progress=False)
+    assert a["num_models"] == b["num_models"] == 300
+    for key in ("weight", "bias", "val_mse_path"):
+        assert np.array_equal(a[key], b[key])
+
+
+def test_save_load_predict(tmp_path, synthetic):
+    store, _, _, _ = synthetic
+    dm = fit(store, tmp_path / "dm.npz", progress=False, num_lambdas=8)
+    loaded = load(tmp_path / "dm.npz")
+    assert set(dm) <= set(loaded) and loaded["num_models"] == 400
+    assert all(np.array_equal(loaded[k], dm[k]) for k in dm)
+    masks = np.asarray(store.masks[:5])
+    expected = masks.astype(np.float32) @ dm["weight"] + dm["bias"]
+    assert np.allclose(predict(tmp_path / "dm.npz", masks), expected)
+    assert np.allclose(predict(dm, masks[0]), expected[0])
+    with pytest.raises(DatamodelsError, match="do not match"):
+        predict(dm, masks[:, :10])
+
+
+def test_constant_target_and_constant_feature(tmp_path):
+    store = Store.create(tmp_path / "s", num_train=N, num_targets=2, alpha=0.5, seed=0)
+    store.grow(200, 0)
+    x = np.asarray(store.masks, dtype=np.float64)
+    y = np.stack([np.full(200, 4.0), 2 * x[:, 3] + 0.1 * np.random.default_rng(0).normal(size=200)], 1)
+    store.write(np.arange(200), y.astype(np.float32))
+    dm = fit(store, progress=False)
+    assert (dm["weight"][:, 0] == 0).all() and dm["bias"][0] == pytest.approx(4.0)
+    assert np.argmax(np.abs(dm["weight"][:, 1])) == 3 and dm["converged"].all()
+
+
+def test_unconverged_targets_warn(synthetic):
+    store, _, _, _ = synthetic
+    with pytest.warns(RuntimeWarning, match=r"did not converge within fit.max_iter=1 \(targets "):
+        dm = fit(store, progress=False, max_iter=1, num_lambdas=5)
+    assert not dm["converged"].all()
+
+
+def test_errors_name_the_problem(tmp_path, synthetic):
+    store, _, _, _ = synthetic
+    empty = Store.create(tmp_path / "empty", num_train=N, num_targets=T, alpha=0.5, seed=0)
+    empty.grow(10, 5)
+    with pytest.raises(DatamodelsError, match="no completed fitting rows"):
+        fit(empty, progress=False)
+    empty.write(np.arange(10), np.zeros((10, T), np.float32))
+    with pytest.raises(DatamodelsError, match="1 validation .* at least 2"):
+        fit(empty, progress=False)
+    with pytest.raises(DatamodelsError, match=r"fit.val_fraction must be in \(0, 1\)"):
+        fit(store, val_fraction=1.5, progress=False)
+    with pytest.raises(DatamodelsError, match="fit.num_lambdas"):
+        fit(store, num_lambdas=0, progress=False)
+    with pytest.raises(DatamodelsError, match="fit.lambda_min_ratio"):
+        fit(store, lambda_min_ratio=2, progress=False)
+    with pytest.raises(DatamodelsError, match="fit.tol must be positive"):
+        fit(store, tol=0, progress=False)
+    with pytest.raises(DatamodelsError, match="targets must lie in 0..5"):
+        fit(store, targets=[7], progress=False)
+    with pytest.raises(DatamodelsError, match="store not found"):
+        fit(tmp_path / "nowhere", progress=False)
+    with pytest.raises(DatamodelsError, match="fit.device must be cpu or cuda"):
+        fit(store, device="tpu", progress=False)
+    with pytest.raises(DatamodelsError, match="datamodels file not found"):
+        load(tmp_path / "missing.npz")
+
+
+def test_cuda_unavailable_is_a_clear_error(synthetic, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DatamodelsError, match=r"^fit.device=cuda but torch.cuda.is_available\(\) is False$"):
+        fit(synthetic[0], device="cuda", progress=False)
+
+
+def test_non_finite_margins_in_completed_rows(tmp_path):
+    store, _, _ = make_store(tmp_path / "s", num_fit=50, num_eval=0)
+    store.margins[17, 2] = np.inf
+    with pytest.raises(DatamodelsError, match="completed row 17 has non-finite margins"):
+        fit(store, progress=False)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
+def test_cuda_matches_cpu(synthetic):
+    store, _, _, dm = synthetic
+    gpu = fit(store, device="cuda", progress=False)
+    assert np.allclose(gpu["weight"], dm["weight"], atol=1e-3)

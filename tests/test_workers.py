@@ -1,0 +1,214 @@
+"""Workers: the stacked MLP trains each model exactly as torch's autograd and SGD would, alone or
+with task-mates; the ResNet-9 worker runs on CPU on a CIFAR-10-format archive, reproducibly, and
+its grouped stack of K models trains the same models as K separate networks."""
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from datamodels.prepare import digits_split, prepare
+from datamodels.store import model_seed, subset_mask
+from workers import cifar_resnet9, mlp
+
+
+# ---- the MLP -----------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as in a one-CPU Ray task: torch's split of an op across threads can move
+    float rounding between models, and tiny ops run faster on one thread anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    images, labels = d.images.astype(np.uint8)[..., None], d.target.astype(np.int64)
+    train, test = digits_split(len(labels), 500, 0)
+    return images[train], labels[train], images[test], labels[test]
+
+
+def models(first, count, num_train, alpha=0.5):
+    masks = np.stack([subset_mask(0, i, num_train, alpha) for i in range(first, first + count)])
+    return masks, np.array([model_seed(0, i) for i in range(first, first + count)])
+
+
+def run_mlp(digits, masks, seeds, **settings):
+    return mlp.train_arrays(*digits, masks, seeds, mlp.Config(**settings))
+
+
+def test_mlp_step_is_torch_sgd_on_autograd(digits):
+    """The hand-written forward/backward and fused update equal autograd + torch.optim.SGD."""
+    x_train, y_train, x_test, _ = digits
+    cfg = mlp.Config(epochs=2)
+    masks, seeds = models(0, 3, len(y_train))
+    mean, std = mlp._standardiser(x_train)
+    x, xt = mlp._flat(x_train, mean, std), mlp._flat(x_test, mean, std)
+    y = torch.from_numpy(y_train)
+    net = mlp._StackedMLP(masks, seeds, x.shape[1] - 1, 10, cfg, torch.device("cpu"))
+    w1, w2, b2 = (t.clone() for t in net.master)
+    params = [w1[..., :-1].clone().requires_grad_(), w1[..., -1].clone().requires_grad_(),
+              w2.requires_grad_(), b2[..., 0].clone().requires_grad_()]
+    order = net.order.clone()
+    net.fit(x, torch.eye(10)[y])
+
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    n = order.shape[2]
+    total = -(-n // cfg.batch_size) * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total)
+    a, b, c, d = params
+    for epoch in range(cfg.epochs):
+        for start in range(0, n, cfg.batch_size):
+            idx = order[:, epoch, start:start + cfg.batch_size]
+            hidden = torch.relu(torch.einsum("kbi,khi->kbh", x[idx][..., :-1], a) + b[:, None])
+            logits = torch.einsum("kbh,kch->kbc", hidden, c) + d[:, None]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), y[idx].reshape(-1),
+                                                     reduction="sum") / idx.shape[1]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        hidden = torch.relu(torch.einsum("ni,khi->knh", xt[:, :-1], a) + b[:, None])
+        expected = torch.einsum("knh,kch->knc", hidden, c) + d[:, None]
+    torch.testing.assert_close(net.logits(xt), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_mlp_model_does_not_depend_on_its_task_mates(digits, precision):
+    masks, seeds = models(0, 12, len(digits[1]))
+    together = run_mlp(digits, masks, seeds, precision=precision)
+    for rows in ([5], [0, 7], list(range(3, 10))):
+        alone = run_mlp(digits, masks[rows], seeds[rows], precision=precision)
+        np.testing.assert_array_equal(alone, together[rows])
+    # models of different subset sizes in one task train as if alone, too
+    small, small_seed = models(40, 2, len(digits[1]), alpha=0.3)
+    mixed = run_mlp(digits, np.concatenate([masks[:2], small]), np.concatenate([seeds[:2], small_seed]),
+                    precision=precision)
+    np.testing.assert_array_equal(mixed[:2], together[:2])
+    np.testing.assert_array_equal(mixed[2:], run_mlp(digits, small, small_seed, precision=precision))
+
+
+def summary(margins):
+    """Per-model test accuracy, and the spread of each target's margin across models."""
+    return (margins > 0).mean(1), margins.std(0).mean()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_mlp_stacked_models_match_separate_runs_in_distribution(digits, precision):
+    """40 models stacked in one task against 40 other models trained one at a time (K = 1)."""
+    count = 40
+    masks, seeds = models(0, count, len(digits[1]))
+    stacked = run_mlp(digits, masks, seeds, precision=precision)
+    masks, seeds = models(count, count, len(digits[1]))
+    separate = np.concatenate([run_mlp(digits, masks[i:i + 1], seeds[i:i + 1], precision=precision)
+                               for i in range(count)])
+    acc_stacked, spread_stacked = summary(stacked)
+    acc_separate, spread_separate = summary(separate)
+    noise = np.sqrt(acc_stacked.var() / count + acc_separate.var() / count)
+    assert abs(acc_stacked.mean() - acc_separate.mean()) < 4 * noise + 1e-3
+    assert acc_stacked.mean() > 0.9
+    assert 0.8 < spread_stacked / spread_separate < 1.25  # each averages 500 targets' spreads
+
+
+def test_mlp_reads_prepared_data(prepared_digits):
+    """Through train(): FFCV-read data, targets in store column order (test, then train)."""
+    masks, seeds = models(0, 3, 1697)
+    worker = {"name": "workers.mlp", "hidden": 16, "epochs": 2}
+    out = mlp.train(masks, seeds, {"worker": worker, "data": {"dir": str(prepared_digits), "targets": "test+train"}})
+    assert out.shape == (3, 100 + 1697) and out.dtype == np.float32 and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="precision"):
+        mlp.Config(precision="float8")
+
+
+# ---- the ResNet-9 ------------------------------------------------------------------------------
+
+def write_cifar(root, per_batch=40, num_test=30, seed=0):
+    """A CIFAR-10 python archive of class-coloured noise images (learnable by a tiny network)."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (10, 3))
+
+    def batch(n):
+        labels = rng.integers(0, 10, n)
+        planes = colours[labels][:, :, None] + rng.normal(0, 40, (n, 3, 1024))  # CHW planes, as CIFAR stores them
+        return {b"data": np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072), b"labels": labels.tolist()}
+
+    blobs = {f"data_batch_{i}": batch(per_batch) for i in range(1, 6)}
+    blobs["test_batch"] = batch(num_test)
+    blobs["batches.meta"] = {b"label_names": [f"class{i}".encode() for i in range(10)]}
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, obj in blobs.items():
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return archive
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    archive = write_cifar(root)
+    return str(prepare({"out": str(root / "run"), "data": {"source": "cifar10", "path": str(archive)}},
+                       progress=False))
+
+
+def run_resnet(data_dir, masks, seeds, targets="test", **settings):
+    # A small learning rate: at the paper's 0.5, batches of 16 make training chaotic enough to
+    # blow float rounding up to visible differences within two epochs.
+    worker = {"width": 4, "epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu", **settings}
+    return cifar_resnet9.train(masks, seeds, {"worker": worker, "data": {"dir": data_dir, "targets": targets}})
+
+
+def test_resnet9_trains_on_cpu_reproducibly(cifar_dir):
+    masks, seeds = models(0, 3, 200)
+    first = run_resnet(cifar_dir, masks, seeds)
+    assert first.shape == (3, 30) and first.dtype == np.float32 and np.isfinite(first).all()
+    # the same masks and seeds give the same models, also alone (augmentations included)
+    np.testing.assert_array_equal(run_resnet(cifar_dir, masks, seeds), first)
+    np.testing.assert_array_equal(run_resnet(cifar_dir, masks[1:2], seeds[1:2]), first[1:2])
+    # another seed on the same mask is another model
+    assert np.abs(run_resnet(cifar_dir, masks[:1], seeds[1:2]) - first[:1]).max() > 1e-3
+    both = run_resnet(cifar_dir, masks[:1], seeds[:1], targets="test+train", precision="bfloat16", flip_tta=False)
+    assert both.shape == (1, 230) and np.isfinite(both).all()
+
+
+def test_resnet9_grouped_stack_trains_the_same_models(cifar_dir):
+    """K models as one grouped network = K separate networks, up to float rounding."""
+    masks, seeds = models(0, 3, 200)
+    sequential = run_resnet(cifar_dir, masks, seeds, stack="sequential")
+    grouped = run_resnet(cifar_dir, masks, seeds, stack="grouped")
+    other_seeds = run_resnet(cifar_dir, masks, seeds + 1, stack="grouped")
+    rounding = np.abs(grouped - sequential).max(1)
+    assert rounding.max() < 1e-3
+    assert (rounding < 0.01 * np.abs(other_seeds - sequential).max(1)).all()
+
+
+def test_stacked_batchnorm_is_per_model():
+    """Channel group k of the stacked network is exactly model k, BatchNorm statistics included."""
+    seeds = [11, 22]
+    stacked = cifar_resnet9.StackedResNet9(2, width=4)
+    stacked.reset(seeds)
+    alone = []
+    for seed in seeds:
+        net = cifar_resnet9.StackedResNet9(1, width=4)
+        net.reset([seed])
+        alone.append(net)
+    x = torch.randn(6, 2, 3, 32, 32)
+    out = stacked(x.flatten(1, 2))  # train mode: batch statistics, running averages updated
+    for k, net in enumerate(alone):
+        torch.testing.assert_close(out[:, k], net(x[:, k])[:, 0], rtol=1e-4, atol=1e-5)
+    stacked.eval()
+    for net in alone:
+        net.eval()
+    out = stacked(x.flatten(1, 2))  # eval mode: the running averages
+    for k, net in enumerate(alone):
+        torch.testing.assert_close(out[:, k], net(x[:, k])[:, 0], rtol=1e-4, atol=1e-5)
