@@ -62,7 +62,8 @@ def cmd_fit(args) -> int:
 
     dm = fit(args.store, args.out, device=args.device, val_fraction=args.val_fraction,
              num_lambdas=args.num_lambdas, lambda_min_ratio=args.lambda_min_ratio, seed=args.seed,
-             chunk_rows=args.chunk_rows)
+             chunk_rows=args.chunk_rows, max_iter=args.max_iter, tol=args.tol, address=args.address,
+             slices=args.slices)
     print(f"fitted {dm['weight'].shape[1]} datamodels over {dm['weight'].shape[0]} training examples "
           f"from {int(dm['num_models'])} models -> {args.out}")
     return 0
@@ -288,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--val-fraction", type=float, default=0.1)
     sp.add_argument("--num-lambdas", type=int, default=40)
     sp.add_argument("--lambda-min-ratio", type=float, default=1e-3)
-    sp.add_argument("--chunk-rows", type=int, default=8192)
+    sp.add_argument("--max-iter", type=int, default=300, help="solver iterations per λ")
+    sp.add_argument("--tol", type=float, default=1e-4, help="stop when weights change by less than this, relatively")
+    sp.add_argument("--chunk-rows", type=int, default=8192, help="store rows read at a time (memory)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--address", help="Ray cluster to fit on ('local' starts one): targets are split into slices")
+    sp.add_argument("--slices", type=int, help="target slices (Ray tasks); default: one per GPU or per node")
     sp.set_defaults(func=cmd_fit)
 
     def with_run(sp):
@@ -375,7 +380,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except DatamodelsError as exc:
-        print(f"datamodels: error: {exc}", file=sys.stderr)
+        print(f"datamodels: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The environment, not a bug: a full disk, a directory without write permission.
+        # One line naming the path, like every other user-facing error.
+        import errno
+
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        reason = reason[:1].lower() + reason[1:]
+        paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        writing = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+        if writing:
+            message = f"cannot write {paths}: {reason}" if paths else f"cannot write: {reason}"
+        else:
+            message = f"{paths}: {reason}" if paths else reason
+        print(f"datamodels: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("datamodels: interrupted; run the same command again to resume", file=sys.stderr)
