@@ -42,10 +42,8 @@ Results go to ``benchmarks/results/regression_<size>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -58,6 +56,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 # Synthetic stores: N training examples, T targets, M fitting + E evaluation models, each
 # target a few large planted weights plus small dense ones, plus noise.
@@ -215,32 +214,6 @@ def measure(method: str, store: Path, work: Path) -> dict:
     return result
 
 
-# ---- reporting ---------------------------------------------------------------------------------
-def machine_info() -> dict:
-    import scipy
-    import sklearn
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "sklearn": sklearn.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=["quick", "large", "digits", "outofcore"], default="quick")
@@ -249,7 +222,7 @@ def main(argv=None) -> int:
     p.add_argument("--mem-cap-gb", type=float, default=None,
                    help="skip a method whose in-memory working set is estimated above this many GiB")
     p.add_argument("--methods", default="ours,sklearn,sklearn-checked")
-    p.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest is reported")
+    p.add_argument("--repeats", type=int, default=3, help="runs per method; the median is reported")
     p.add_argument("--out", help="JSON path (default benchmarks/results/regression_<size>.json)")
     args = p.parse_args(argv)
     if args.mem_cap_gb is None:
@@ -280,19 +253,27 @@ def main(argv=None) -> int:
     estimate_gb = {"ours": (4 * N * N * 4 + 8 * N * T * 8 + 8192 * N * 4) / 2 ** 30}
     estimate_gb["sklearn"] = estimate_gb["sklearn-checked"] = (3 * M * N * 8 + 2 * M * T * 8 + 2 * N * N * 8) / 2 ** 30
 
-    load_start = list(os.getloadavg())
+    machine = machine_info("scipy", "sklearn")
     results = {}
+    methods = []
     for method in args.methods.split(","):
         if args.mem_cap_gb is not None and estimate_gb[method] > args.mem_cap_gb:
             print(f"{method}: skipped, needs ~{estimate_gb[method]:.1f} GiB > --mem-cap-gb {args.mem_cap_gb}")
             results[method] = {"skipped": f"estimated {estimate_gb[method]:.1f} GiB above the cap"}
-            continue
-        runs = [measure(method, store_path, work) for _ in range(args.repeats)]
-        best = min(runs, key=lambda r: r["wall_s"])
-        best["all_wall_s"] = [r["wall_s"] for r in runs]
-        results[method] = best
-        print(f"{method}: {best['wall_s']:.2f} s, LDS {best['lds']:.4f}, peak RSS {best['peak_rss_mb']:.0f} MiB",
-              flush=True)
+        else:
+            methods.append(method)
+    # Repeats interleaved (ours, sklearn, ours, sklearn, ...), so that a burst of other load on
+    # the machine hits every method alike; each method's median run is reported.
+    runs = {method: [] for method in methods}
+    for repeat in range(args.repeats):
+        for method in methods:
+            runs[method].append(measure(method, store_path, work))
+            r = runs[method][-1]
+            print(f"{method} (run {repeat + 1}): {r['wall_s']:.2f} s, LDS {r['lds']:.4f}, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MiB", flush=True)
+    for method in methods:
+        median = sorted(runs[method], key=lambda r: r["wall_s"])[len(runs[method]) // 2]  # upper, if even
+        results[method] = {**median, "all_wall_s": [r["wall_s"] for r in runs[method]]}
 
     ours = results.get("ours", {})
     for name, r in results.items():
@@ -323,8 +304,7 @@ def main(argv=None) -> int:
                   **({"synthetic": SIZES[args.size]} if args.size in SIZES else {})},
         "settings": {**PATH_SETTINGS, "ours": "datamodels.fit defaults (tol 1e-4, max_iter 300, float32, cpu)",
                      "sklearn": "lasso_path, precompute=Gram, Xy, tol 1e-4 (its default), joblib threads"},
-        "machine": {**machine_info(), "load_average_at_start": load_start,
-                    "load_average_at_end": list(os.getloadavg())},
+        "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
         "results": results,
     }
     out = Path(args.out) if args.out else HERE / "results" / f"regression_{args.size}.json"

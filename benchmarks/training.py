@@ -5,6 +5,9 @@ the default digits config and fewer models, for K = 1 (one model per task, as th
 pipeline trains them) and larger K, all in one run with the same model, epochs and data, in
 float32 (the default) and, where the CPU computes bf16 natively, bfloat16.  For each run it
 reports models/s, the speed-up over K = 1 and the share of wall time spent outside training.
+Beside them runs ``benchmarks/plain_mlp.py``, the same model trained the plain PyTorch way
+(nn.Module, autograd, torch.optim, one model per task, as the published pipeline trains),
+so the stacked worker's gain shows against both its own K = 1 and that reference.
 
 Training time is measured inside the Ray tasks: the sweep runs ``benchmarks/timed_worker.py``,
 which wraps ``workers.mlp`` and logs how long each ``train`` call took.  The share outside
@@ -22,10 +25,8 @@ timed in CPU seconds) do not.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -36,40 +37,19 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 
-def machine_info() -> dict:
-    import ray
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "ray": ray.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def run_config(base: dict, out: Path, data_dir: Path, num_models: int, k: int, precision: str) -> dict:
+def run_config(base: dict, out: Path, data_dir: Path, num_models: int, k: int, precision: str,
+               inner: str = "workers.mlp") -> dict:
     """The digits config with a fresh output directory (the prepared data copied in)."""
     shutil.copytree(data_dir, out / "data")
     cfg = json.loads(json.dumps(base))
     cfg["out"] = str(out)
     cfg["sweep"].update(num_models=num_models, num_eval_models=0, models_per_task=k)
     worker = {key: value for key, value in cfg["worker"].items() if key != "name"}
-    cfg["worker"] = {"name": "timed_worker", "inner": "workers.mlp", **worker, "precision": precision}
+    cfg["worker"] = {"name": "timed_worker", "inner": inner, **worker, "precision": precision}
     return cfg
 
 
@@ -125,6 +105,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--ks", default="1,25,100", help="models per task to compare; 1 is always included")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the table shows medians")
     parser.add_argument("--precisions", default="auto", help="float32,bfloat16; auto: bfloat16 only if native")
+    parser.add_argument("--plain-models", type=int, default=150,
+                        help="models of the plain reference per run (it is slow; its rate does not depend on this)")
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip the plain PyTorch reference (benchmarks/plain_mlp.py, K = 1)")
     parser.add_argument("--no-direct", dest="direct", action="store_false",
                         help="skip timing the worker alone (no Ray, no data loading)")
     parser.add_argument("--out", default=str(HERE / "results" / "training_cpu.json"))
@@ -142,7 +126,10 @@ def main(argv=None) -> dict:
     from datamodels.store import Store
     from datamodels.sweep import sweep
 
-    info = machine_info()
+    info = machine_info("ray")
+    import torch
+
+    info["native_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     ks = sorted({1, *(int(k) for k in args.ks.split(","))})
     precisions = (["float32", "bfloat16"] if info["native_bf16"] else ["float32"]) if args.precisions == "auto" \
         else args.precisions.split(",")
@@ -165,25 +152,30 @@ def main(argv=None) -> dict:
                                                   precision)), progress=False)
             startup[f"warmup_{precision}_s"] = time.perf_counter() - started
         logged_train_seconds(log_dir)
+        def timed_sweep(label: str, k: int, precision: str, inner: str, repeat: int, num_models: int) -> None:
+            out = tmp / f"{label}-k{k}-{repeat}"
+            cfg = config_lib.from_dict(run_config(base, out, data_dir, num_models, k, precision, inner))
+            started = time.perf_counter()
+            sweep(cfg, progress=False)
+            wall = time.perf_counter() - started
+            models, train_s, train_cpu_s = logged_train_seconds(log_dir)
+            runs.append({"precision": label, "models_per_task": k, "repeat": repeat, "models": models,
+                         "wall_s": round(wall, 3), "models_per_s": round(models / wall, 2),
+                         "train_s": round(train_s, 3), "train_cpu_s": round(train_cpu_s, 3),
+                         "share_outside_training": round(1 - train_s / (slots * wall), 4)})
+            if repeat == 0:
+                margins[label, k] = np.asarray(Store(out / "store").margins)
+            shutil.rmtree(out)
+            print(f"{label:9s} K={k:4d}  {models / wall:8.1f} models/s  "
+                  f"outside training {runs[-1]['share_outside_training']:6.1%}", flush=True)
+
         # Repeats interleaved, so that a burst of other load on the machine hits every setting alike.
         for repeat in range(args.repeats):
             for precision in precisions:
                 for k in ks:
-                    out = tmp / f"{precision}-k{k}-{repeat}"
-                    cfg = config_lib.from_dict(run_config(base, out, data_dir, args.num_models, k, precision))
-                    started = time.perf_counter()
-                    sweep(cfg, progress=False)
-                    wall = time.perf_counter() - started
-                    models, train_s, train_cpu_s = logged_train_seconds(log_dir)
-                    runs.append({"precision": precision, "models_per_task": k, "repeat": repeat, "models": models,
-                                 "wall_s": round(wall, 3), "models_per_s": round(models / wall, 2),
-                                 "train_s": round(train_s, 3), "train_cpu_s": round(train_cpu_s, 3),
-                                 "share_outside_training": round(1 - train_s / (slots * wall), 4)})
-                    if repeat == 0:
-                        margins[precision, k] = np.asarray(Store(out / "store").margins)
-                    shutil.rmtree(out)
-                    print(f"{precision:9s} K={k:4d}  {models / wall:8.1f} models/s  "
-                          f"outside training {runs[-1]['share_outside_training']:6.1%}", flush=True)
+                    timed_sweep(precision, k, precision, "workers.mlp", repeat, args.num_models)
+            if args.plain:
+                timed_sweep("plain", 1, "float32", "plain_mlp", repeat, args.plain_models)
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,11 +196,21 @@ def main(argv=None) -> dict:
                 # The same masks and seeds in every run: a model's margins should not depend on its task-mates.
                 "max_abs_margin_diff_vs_k1": float(np.abs(m - ref).max()),
             })
+    if args.plain:
+        mine = [r for r in runs if r["precision"] == "plain"]
+        m = margins["plain", 1]
+        plain = {"precision": "plain", "models_per_task": 1, "repeats": len(mine),
+                 "models_per_s": round(float(np.median([r["models_per_s"] for r in mine])), 2),
+                 "share_outside_training": round(float(np.median([r["share_outside_training"] for r in mine])), 4),
+                 "train_models_per_cpu_s": round(sum(r["models"] for r in mine) / sum(r["train_cpu_s"] for r in mine), 2),
+                 "test_accuracy": round(float((m > 0).mean()), 4), "margin_spread": round(float(m.std(0).mean()), 4)}
     reference = {r["precision"]: r for r in results if r["models_per_task"] == 1}
     for r in results:
         r["speedup_vs_k1_same_precision"] = round(r["models_per_s"] / reference[r["precision"]]["models_per_s"], 2)
         r["speedup_vs_k1_float32"] = round(r["models_per_s"] / reference["float32"]["models_per_s"], 2) \
             if "float32" in reference else None
+        if args.plain:
+            r["speedup_vs_plain_k1"] = round(r["models_per_s"] / plain["models_per_s"], 2)
     best = {p: max((r for r in results if r["precision"] == p), key=lambda r: r["models_per_s"]) for p in precisions}
 
     header = f"{'precision':9s} {'K':>4s} {'models/s':>9s} {'x K=1':>6s} {'x K=1 fp32':>10s} {'outside':>8s} " \
@@ -219,6 +221,9 @@ def main(argv=None) -> dict:
               f"{r['speedup_vs_k1_same_precision']:6.2f} {r['speedup_vs_k1_float32'] or float('nan'):10.2f} "
               f"{r['share_outside_training']:8.1%} {r['train_models_per_cpu_s']:9.1f} {r['test_accuracy']:6.3f} "
               f"{r['margin_spread']:6.3f} {r['max_abs_margin_diff_vs_k1']:8.2g}")
+    if args.plain:
+        print(f"plain PyTorch, K=1: {plain['models_per_s']:.1f} models/s, accuracy {plain['test_accuracy']:.3f}, "
+              f"spread {plain['margin_spread']:.3f}")
     print("startup (one-off): " + ", ".join(f"{k} {v:.1f}" for k, v in startup.items()))
 
     info["load_average_at_end"] = list(os.getloadavg())
@@ -235,7 +240,10 @@ def main(argv=None) -> dict:
         "best": {p: {"models_per_task": r["models_per_task"], "models_per_s": r["models_per_s"],
                      "speedup_vs_k1_same_precision": r["speedup_vs_k1_same_precision"],
                      "speedup_vs_k1_float32": r["speedup_vs_k1_float32"],
-                     "share_outside_training": r["share_outside_training"]} for p, r in best.items()},
+                     "share_outside_training": r["share_outside_training"],
+                     **({"speedup_vs_plain_k1": r["speedup_vs_plain_k1"]} if args.plain else {})}
+                 for p, r in best.items()},
+        "plain_k1": plain if args.plain else None,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -54,6 +54,10 @@ _GATHER_BUDGET = 2 ** 25
 # Rows of the store used to pick the per-target offset subtracted from margins before
 # accumulating, so that Xᵀy and yᵀy do not lose precision to a large common mean.
 _OFFSET_ROWS = 1024
+# The path's solves only rank λs by validation error and warm-start the refit, which is solved
+# to ``tol``; ten times looser there changes the validation errors far less than the
+# differences between neighbouring λs.
+_PATH_TOL_FACTOR = 10
 # Steps along the λ path without a better validation error after which a target stops.
 _PATIENCE = 4
 # Rounds of "solve on the working set, check KKT on all features" before a target falls
@@ -177,7 +181,7 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
     valid = _Validation(prob, val, dtype)
     everything = train.absorb(val)  # for the refit; frees the validation XᵀX early
     del train, val
-    solver = _Lasso(prob.G, tol=tol, max_iter=max_iter)
+    solver = _Lasso(prob.G, tol=tol * _PATH_TOL_FACTOR, max_iter=max_iter)
 
     N, T = prob.C.shape
     lam_max = prob.C.abs().amax(dim=0).double()

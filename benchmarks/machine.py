@@ -1,0 +1,33 @@
+"""What a benchmark ran on, saved beside its figures: wall-clock numbers mean little without it."""
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+import platform
+
+
+def machine_info(*packages: str) -> dict:
+    """CPU, OS, Python, torch (threads, GPU) and the versions of ``packages``, plus the load
+    average at the call (other work on the machine skews wall-clock figures)."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    for name in ("numpy", *packages):
+        info[name] = importlib.import_module(name).__version__
+    return info
