@@ -123,6 +123,7 @@ def load_arrays(data_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
     path = Path(data_dir) / f"{split}.beton"
     if not path.is_file():
         raise DatamodelsError(f"{path} is missing; delete {data_dir} and prepare again")
+    check_beton(data_dir, meta, split)
     num = int(meta[f"num_{split}"])
 
     from ffcv.fields.basics import IntDecoder
@@ -173,7 +174,57 @@ def _is_prepared(data_dir: Path, settings: dict) -> bool:
     if any(meta.get(key) != value for key, value in settings.items()):
         raise DatamodelsError(f"{data_dir} holds data prepared from {_describe(meta)}, but the config asks for "
                               f"{_describe(settings)}; use another output directory or delete {data_dir}")
-    return all((data_dir / f"{name}.beton").is_file() for name in SPLITS)
+    if not all((data_dir / f"{name}.beton").is_file() for name in SPLITS):
+        return False
+    for name in SPLITS:
+        check_beton(data_dir, meta, name)
+    return True
+
+
+# The layout of an FFCV file (ffcv.types, format version 2), spelled out here so that checking a
+# file costs no import of FFCV: a header, field descriptors and per-example metadata, the
+# pages of data, and at the end the allocation table of (example, offset, size) records.
+_FFCV_VERSION = 2
+_FFCV_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
+                         ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")], align=True)
+_FFCV_ALLOC = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
+
+
+def check_beton(data_dir, meta: dict, split: str) -> None:
+    """A one-line error unless ``split``'s .beton is a whole FFCV file of the examples
+    ``meta.json`` counts: a damaged or cut-off file would otherwise fail only inside the
+    training tasks, once per task, after the store has grown."""
+    data_dir = Path(data_dir)
+    path = data_dir / f"{split}.beton"
+    advice = f"delete {data_dir} and prepare again"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(_FFCV_HEADER.itemsize)
+            if len(head) < _FFCV_HEADER.itemsize:
+                raise DatamodelsError(f"{path} is truncated ({size} bytes, shorter than an FFCV header); {advice}")
+            header = np.frombuffer(head, dtype=_FFCV_HEADER)[0]
+            if int(header["version"]) != _FFCV_VERSION:
+                raise DatamodelsError(f"{path} is corrupt: not an FFCV file of format version {_FFCV_VERSION}; "
+                                      f"{advice}")
+            expected = meta.get(f"num_{split}")
+            if expected is not None and int(header["num_samples"]) != int(expected):
+                raise DatamodelsError(f"{path} is corrupt: it holds {int(header['num_samples'])} examples, "
+                                      f"{META} says {expected}; {advice}")
+            table_at = int(header["alloc_table_ptr"])
+            if table_at > size or (size - table_at) % _FFCV_ALLOC.itemsize:
+                raise DatamodelsError(f"{path} is truncated ({size} bytes): its allocation table does not end "
+                                      f"the file; {advice}")
+            f.seek(table_at)
+            table = np.frombuffer(f.read(size - table_at), dtype=_FFCV_ALLOC)
+            # prepare writes one image allocation per example
+            if expected is not None and len(table) != int(expected):
+                raise DatamodelsError(f"{path} is truncated ({size} bytes): its allocation table lists "
+                                      f"{len(table)} of {expected} examples; {advice}")
+            if len(table) and int((table["ptr"] + table["size"]).max()) > table_at:
+                raise DatamodelsError(f"{path} is corrupt: its allocation table points past the data; {advice}")
+    except OSError as exc:
+        raise DatamodelsError(f"cannot read {path} ({_first_line(exc)})") from None
 
 
 # ---- loading and validation -------------------------------------------------------------------

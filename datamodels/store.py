@@ -22,6 +22,7 @@ store can grow in either part later.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -80,6 +81,8 @@ class Store:
             self.spec = json.loads(spec_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatamodelsError(f"store {self.path}: {SPEC} is not valid JSON ({exc})") from None
+        except OSError as exc:
+            raise DatamodelsError(f"store {self.path}: cannot read {SPEC} ({_reason(exc)})") from None
         self._check_spec()
         self.num_models = int(self.spec["num_models"])
         self.arrays: Dict[str, np.memmap] = {}
@@ -108,10 +111,13 @@ class Store:
             "datamodels": {"version": FORMAT_VERSION, "alpha": float(alpha), "seed": int(seed),
                            "eval_ranges": [], **(extra or {})},
         }
-        for key, field in spec["schema"].items():
-            _create_npy(path / f"{key}.npy", (0, *field["shape"]), field["dtype"])
-        _create_npy(path / COMPLETED, (0,), "bool_")
-        _atomic_write(path / SPEC, json.dumps(spec, indent=2))  # last: its presence means "a store"
+        try:
+            for key, field in spec["schema"].items():
+                _create_npy(path / f"{key}.npy", (0, *field["shape"]), field["dtype"])
+            _create_npy(path / COMPLETED, (0,), "bool_")
+            _atomic_write(path / SPEC, json.dumps(spec, indent=2))  # last: its presence means "a store"
+        except OSError as exc:
+            raise DatamodelsError(f"cannot create store {path}: {_reason(exc)}") from None
         return cls(path, mode="r+")
 
     # ---- metadata --------------------------------------------------------------------------
@@ -169,7 +175,13 @@ class Store:
         p = self.path / FAILURES
         if not p.exists():
             return {}
-        return {int(k): v for k, v in json.loads(p.read_text()).items()}
+        try:
+            failures = json.loads(p.read_text())
+            return {int(k): str(v) for k, v in failures.items()}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError):
+            raise DatamodelsError(f"store {self.path}: {FAILURES} is damaged (not a JSON object of row: message); "
+                                  f"delete it to forget the recorded failures (their rows stay incomplete and are "
+                                  f"retried)") from None
 
     def summary(self) -> dict:
         done = np.asarray(self.completed, dtype=bool)
@@ -197,6 +209,8 @@ class Store:
             lock.acquire(timeout=0)
         except Timeout:
             raise DatamodelsError(f"store {self.path} is locked: another sweep is writing to it") from None
+        except OSError as exc:
+            raise DatamodelsError(f"store {self.path}: cannot take its lock {LOCK} ({_reason(exc)})") from None
         try:
             yield
         finally:
@@ -217,22 +231,38 @@ class Store:
         old, new = self.num_models, self.num_models + add_fit + add_eval
         # Extend the files first (zero rows: incomplete), fill in masks, then publish the new
         # size in the spec.  A crash before the spec is written leaves longer files than the
-        # spec says, which opening tolerates and the next grow overwrites.
-        for key, field in self.spec["schema"].items():
-            _extend_npy(self.path / f"{key}.npy", new)
-        _extend_npy(self.path / COMPLETED, new)
-        masks = np.lib.format.open_memmap(self.path / "masks.npy", mode="r+")
-        for start in range(old, new, chunk):
-            stop = min(new, start + chunk)
-            masks[start:stop] = np.stack([subset_mask(seed, i, self.num_train, alpha) for i in range(start, stop)])
-        masks.flush()
-        del masks
-        spec = json.loads(json.dumps(self.spec))
-        spec["num_models"] = new
-        if add_eval:
-            spec["datamodels"]["eval_ranges"] = self.meta.get("eval_ranges", []) + [[old + add_fit, new]]
-        _atomic_write(self.path / SPEC, json.dumps(spec, indent=2))
-        self.__init__(self.path, mode=self.mode)
+        # spec says, which opening tolerates and the next grow overwrites.  A failed write (a
+        # full disk) is undone, so the store is left exactly as it was.
+        files = [self.path / f"{key}.npy" for key in self.spec["schema"]] + [self.path / COMPLETED]
+        saved = [_save_npy_head(p) for p in files]
+        current = files[0]
+        try:
+            for current in files:
+                _extend_npy(current, new)
+            current = self.path / "masks.npy"
+            masks = np.lib.format.open_memmap(current, mode="r+")
+            for start in range(old, new, chunk):
+                stop = min(new, start + chunk)
+                masks[start:stop] = np.stack([subset_mask(seed, i, self.num_train, alpha)
+                                              for i in range(start, stop)])
+            masks.flush()
+            del masks
+            spec = json.loads(json.dumps(self.spec))
+            spec["num_models"] = new
+            if add_eval:
+                spec["datamodels"]["eval_ranges"] = self.meta.get("eval_ranges", []) + [[old + add_fit, new]]
+            current = self.path / SPEC
+            _atomic_write(current, json.dumps(spec, indent=2))
+        except (OSError, DatamodelsError) as exc:
+            for p, head in zip(files, saved):
+                _restore_npy_head(p, head)
+            (self.path / (SPEC + ".tmp")).unlink(missing_ok=True)
+            if isinstance(exc, DatamodelsError):
+                raise
+            raise DatamodelsError(f"cannot grow store {self.path} from {old} to {new} models: {current.name}: "
+                                  f"{_reason(exc)}; the store is unchanged") from None
+        finally:
+            self.__init__(self.path, mode=self.mode)
         return add_fit, add_eval
 
     def write(self, indices: Sequence[int], margins: np.ndarray) -> None:
@@ -283,18 +313,49 @@ class Store:
                 raise DatamodelsError(f"{where}: schema.{key}.dtype {field.get('dtype')!r} is not a numpy dtype") from None
         if len(schema["masks"]["shape"]) != 1 or len(schema["margins"]["shape"]) != 1:
             raise DatamodelsError(f"{where}: masks and margins must each have a one-dimensional row shape")
+        if not all(isinstance(d, int) and d >= 0 for f in schema.values() for d in f["shape"]):
+            raise DatamodelsError(f"{where}: schema shapes must be lists of non-negative integers")
+        meta = spec.get("datamodels", {})
+        if not isinstance(meta, dict):
+            raise DatamodelsError(f"{where}: datamodels must be an object")
+        ranges = meta.get("eval_ranges", [])
+        if not isinstance(ranges, list) or not all(
+                isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) and v >= 0 for v in r) and r[0] <= r[1]
+                for r in ranges):
+            raise DatamodelsError(f"{where}: datamodels.eval_ranges must be a list of [start, stop] row ranges, "
+                                  f"got {json.dumps(ranges)[:80]}")
+        alpha, seed = meta.get("alpha"), meta.get("seed")
+        if alpha is not None and not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise DatamodelsError(f"{where}: datamodels.alpha must be a number in (0, 1), got {json.dumps(alpha)[:80]}")
+        if seed is not None and not isinstance(seed, int):
+            raise DatamodelsError(f"{where}: datamodels.seed must be an integer, got {json.dumps(seed)[:80]}")
 
     def _open_array(self, name: str, shape: List[int], dtype: str) -> np.memmap:
         p = self.path / name
+        where = f"store {self.path}: {name}"
         if not p.is_file():
-            raise DatamodelsError(f"store {self.path}: {name} is missing")
+            raise DatamodelsError(f"{where} is missing")
+        # The header is checked against spec.json, and the file's length against the header,
+        # before mapping: numpy's own errors for a damaged file are neither one line nor clear.
+        file_shape, fortran, file_dtype, offset = _read_npy_header(p, where)
+        if file_dtype != np.dtype(dtype):
+            raise DatamodelsError(f"{where} has dtype {file_dtype}, but {SPEC} says {np.dtype(dtype)}")
+        # More rows than the spec says is a grow interrupted before publishing its new size.
+        if len(file_shape) != len(shape) or list(file_shape[1:]) != list(shape[1:]) or file_shape[0] < shape[0]:
+            raise DatamodelsError(f"{where} has shape {list(file_shape)}, but {SPEC} says {list(shape)}")
+        if fortran and len(file_shape) > 1:
+            raise DatamodelsError(f"{where} is in Fortran order; rows must be contiguous (C order)")
+        needed = offset + int(np.prod(file_shape, dtype=np.int64)) * file_dtype.itemsize
+        size = p.stat().st_size
+        if size < needed:
+            raise DatamodelsError(f"{where} is truncated: {size} bytes, but its header describes {needed}")
         try:
             arr = np.lib.format.open_memmap(p, mode=self.mode)
+        except OSError as exc:
+            purpose = "writing" if self.mode == "r+" else "reading"
+            raise DatamodelsError(f"{where}: cannot open it for {purpose} ({_reason(exc)})") from None
         except ValueError as exc:
-            raise DatamodelsError(f"store {self.path}: {name} is corrupt or truncated ({exc})") from None
-        if arr.dtype != np.dtype(dtype) or list(arr.shape[1:]) != list(shape[1:]) or arr.shape[0] < shape[0]:
-            raise DatamodelsError(f"store {self.path}: {name} has shape {list(arr.shape)} and dtype {arr.dtype}, "
-                                  f"but {SPEC} says {shape} and {np.dtype(dtype)}")
+            raise DatamodelsError(f"{where} is corrupt ({_first_line(exc)})") from None
         return arr[: shape[0]]
 
 
@@ -302,6 +363,36 @@ _HEADER_IO = {
     (1, 0): (np.lib.format.read_array_header_1_0, np.lib.format.write_array_header_1_0),
     (2, 0): (np.lib.format.read_array_header_2_0, np.lib.format.write_array_header_2_0),
 }
+
+
+def _read_npy_header(path: Path, where: str):
+    """(shape, fortran_order, dtype, data offset) of a .npy file, or a one-line error."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+            except ValueError:
+                raise DatamodelsError(f"{where} is not a .npy file (no .npy header)") from None
+            if version not in _HEADER_IO:
+                raise DatamodelsError(f"{where} is a .npy file of unsupported version {version}")
+            try:
+                shape, fortran, dtype = _HEADER_IO[version][0](f)
+            except (ValueError, SyntaxError, TypeError) as exc:
+                raise DatamodelsError(f"{where} is not a .npy file (damaged header: {_first_line(exc)})") from None
+            return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype), f.tell()
+    except OSError as exc:
+        raise DatamodelsError(f"{where}: cannot read it ({_reason(exc)})") from None
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError as lower-case words, e.g. 'no space left on device'."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _create_npy(path: Path, shape, dtype) -> None:
@@ -325,9 +416,44 @@ def _extend_npy(path: Path, num_rows: int) -> None:
         write_header(buf, header)
         if len(buf.getvalue()) != offset:
             raise DatamodelsError(f"cannot grow {path}: its header has no room for {num_rows} rows")
-        f.truncate(offset + num_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        size = offset + num_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        f.truncate(size)
+        # Reserve the blocks now: a sparse file on a full disk would fail only later, as SIGBUS
+        # on a write through the memory map.
+        old = offset + shape[0] * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        _reserve(f.fileno(), old, size - old)
         f.seek(0)
         f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    if length <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # file systems without it
+            raise
+
+
+def _save_npy_head(path: Path) -> Tuple[int, bytes]:
+    """A file's size and header, enough to undo ``_extend_npy``."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        _HEADER_IO[version][0](f)
+        offset = f.tell()
+        f.seek(0)
+        return os.fstat(f.fileno()).st_size, f.read(offset)
+
+
+def _restore_npy_head(path: Path, saved: Tuple[int, bytes]) -> None:
+    size, head = saved
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        f.seek(0)
+        f.write(head)
         f.flush()
         os.fsync(f.fileno())
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -127,12 +129,39 @@ def _data_payload(data_dir: Path) -> Tuple[str, Dict[str, bytes]]:
     return digest, files
 
 
+def check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
+    """Fail in seconds when nothing answers at a cluster's address: ``ray.init`` retries an
+    unreachable cluster for minutes before it gives up."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray = sys.modules.get("ray")
+    if not address or address in ("auto", "local") or (ray is not None and ray.is_initialized()):
+        return
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port; Ray has its own message for that
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except socket.timeout:
+        problem = f"no answer within {timeout_s:g} s"
+    except socket.gaierror as exc:
+        problem = f"unknown host {host} ({exc.strerror or exc})"
+    except OSError as exc:
+        problem = (exc.strerror or str(exc)).lower()
+    else:
+        return
+    raise DatamodelsError(f"cannot reach a Ray cluster at {address}: {problem} (is `ray start --head` running "
+                          f"there, and port {port} open to this machine?)")
+
+
 def _connect(address: Optional[str]) -> bool:
     """Connect to ``address`` or start a local Ray instance; returns whether we started it."""
     import ray
 
     if ray.is_initialized():
         return False
+    check_reachable(address)
     kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
     try:
         if address:
@@ -154,6 +183,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)
+    check_reachable(address or cfg.sweep.address)  # before the store grows, not after
     data_dir = prepare(cfg, progress=progress)
     store = open_store(cfg, read_meta(data_dir))
     s = cfg.sweep
@@ -197,6 +227,7 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)
+    check_reachable(address or cfg.sweep.address)
     data_dir = prepare(cfg, progress=progress)
     meta = read_meta(data_dir)
     masks = np.asarray(masks, dtype=bool)
