@@ -38,7 +38,7 @@ class SweepConfig:
     num_models: int = 10000  # models used for fitting (training + validation)
     num_eval_models: int = 500  # held-out models used only for LDS
     alpha: float = 0.5  # fraction of the training set in each mask
-    models_per_task: int = 100  # K: models one Ray task trains together
+    models_per_task: int = 0  # K: models one Ray task trains together; 0: the worker's default for its device
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     max_retries: int = 2  # retries of a failing task before it is recorded as failed
@@ -138,7 +138,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(s.num_models > 0, f"sweep.num_models must be positive, got {s.num_models}")
     _check(s.num_eval_models >= 0, f"sweep.num_eval_models must be >= 0, got {s.num_eval_models}")
     _check(0.0 < s.alpha < 1.0, f"sweep.alpha must be in (0, 1), got {s.alpha}")
-    _check(s.models_per_task >= 1, f"sweep.models_per_task must be >= 1, got {s.models_per_task}")
+    _check(s.models_per_task >= 0, f"sweep.models_per_task must be >= 1, or 0 for the worker's default; "
+                                   f"got {s.models_per_task}")
     _check(s.cpus_per_task >= 0, f"sweep.cpus_per_task must be >= 0, got {s.cpus_per_task}")
     _check(s.gpus_per_task >= 0, f"sweep.gpus_per_task must be >= 0, got {s.gpus_per_task}")
     _check(s.max_retries >= 0, f"sweep.max_retries must be >= 0, got {s.max_retries}")
@@ -186,6 +187,16 @@ def load_worker(name: str):
         raise DatamodelsError(f"worker.name: cannot import worker module {name!r}: {exc}") from None
     _check(callable(getattr(module, "train", None)), f"worker.name: module {name!r} has no train(masks, seeds, config)")
     return module
+
+
+def models_per_task(cfg: DictConfig) -> int:
+    """K for the sweep: ``sweep.models_per_task``, or when it is 0 the worker's
+    ``default_models_per_task(worker_config)`` (how many models it trains best at once on
+    its device), or 1 for a worker without one."""
+    if cfg.sweep.models_per_task > 0:
+        return int(cfg.sweep.models_per_task)
+    choose = getattr(load_worker(cfg.worker.name), "default_models_per_task", None)
+    return max(1, int(choose(to_dict(cfg.worker)))) if choose else 1
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

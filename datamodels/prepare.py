@@ -38,6 +38,7 @@ import numpy as np
 
 from . import config as config_lib
 from .errors import DatamodelsError
+from .store import atomic_write
 
 META = "meta.json"
 SPLITS = ("train", "test")
@@ -97,7 +98,7 @@ def prepare(config=None, data_dir=None, progress: bool = True) -> Path:
             "image_field": image_field,
             "version": FORMAT_VERSION,
         }
-        _atomic_write(data_dir / META, json.dumps(meta, indent=2))
+        atomic_write(data_dir / META, json.dumps(meta, indent=2))
     return data_dir
 
 
@@ -500,10 +501,3 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -115,7 +115,7 @@ class Store:
             for key, field in spec["schema"].items():
                 _create_npy(path / f"{key}.npy", (0, *field["shape"]), field["dtype"])
             _create_npy(path / COMPLETED, (0,), "bool_")
-            _atomic_write(path / SPEC, json.dumps(spec, indent=2))  # last: its presence means "a store"
+            atomic_write(path / SPEC, json.dumps(spec, indent=2))  # last: its presence means "a store"
         except OSError as exc:
             raise DatamodelsError(f"cannot create store {path}: {_reason(exc)}") from None
         return cls(path, mode="r+")
@@ -252,7 +252,7 @@ class Store:
             if add_eval:
                 spec["datamodels"]["eval_ranges"] = self.meta.get("eval_ranges", []) + [[old + add_fit, new]]
             current = self.path / SPEC
-            _atomic_write(current, json.dumps(spec, indent=2))
+            atomic_write(current, json.dumps(spec, indent=2))
         except (OSError, DatamodelsError) as exc:
             for p, head in zip(files, saved):
                 _restore_npy_head(p, head)
@@ -282,14 +282,14 @@ class Store:
         self._writable()
         current = self.failures()
         current.update({int(k): str(v) for k, v in failures.items()})
-        _atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
+        atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
 
     def clear_failures(self, indices: Sequence[int]) -> None:
         current = self.failures()
         if any(int(i) in current for i in indices):
             for i in indices:
                 current.pop(int(i), None)
-            _atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
+            atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
 
     # ---- internals -------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -458,7 +458,8 @@ def _restore_npy_head(path: Path, saved: Tuple[int, bytes]) -> None:
         os.fsync(f.fileno())
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write a small text file so that readers see the old or the new contents, never half."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)

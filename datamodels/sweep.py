@@ -195,7 +195,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
                    "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {},
                    "retried": 0, "timed_out": 0}
         tasks = [(rows, np.asarray(store.masks[rows]), _seeds(store.seed, rows))
-                 for rows in pack_tasks(todo, s.models_per_task)]
+                 for rows in pack_tasks(todo, config_lib.models_per_task(cfg))]
 
         def on_result(rows, margins):
             store.write(rows, margins)
@@ -240,7 +240,7 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
     out = np.full((len(masks), num_targets), np.nan, dtype=np.float32)
     errors: Dict[int, str] = {}
     rows_all = np.arange(len(masks))
-    tasks = [(rows, masks[rows], np.asarray(seeds)[rows]) for rows in pack_tasks(rows_all, cfg.sweep.models_per_task)]
+    tasks = [(rows, masks[rows], np.asarray(seeds)[rows]) for rows in pack_tasks(rows_all, config_lib.models_per_task(cfg))]
 
     def on_result(rows, margins):
         out[rows] = margins

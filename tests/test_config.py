@@ -1,6 +1,7 @@
 import pytest
 
 from datamodels import config
+from conftest import tiny_config
 from datamodels.errors import DatamodelsError
 
 
@@ -16,7 +17,7 @@ def test_defaults_file_and_overrides():
     ("sweep.alpha=abc", "sweep.alpha"),
     ("sweep.alpha=1.5", "sweep.alpha"),
     ("sweep.num_models=0", "sweep.num_models"),
-    ("sweep.models_per_task=0", "sweep.models_per_task"),
+    ("sweep.models_per_task=-2", "sweep.models_per_task"),
     ("data.source=mnist", "data.source"),
     ("data.targets=train", "data.targets"),
     ("fit.device=tpu", "fit.device"),
@@ -51,3 +52,19 @@ def test_dict_api_validates_too():
     assert config.coerce({"sweep": {"num_models": 5}}).sweep.num_models == 5
     with pytest.raises(DatamodelsError, match="sweep.bogus"):
         config.coerce({"sweep": {"bogus": 1}})
+
+
+def test_models_per_task_zero_asks_the_worker(tmp_path):
+    from datamodels.config import models_per_task
+
+    def k(**sweep_and_worker):
+        sweep = {k: v for k, v in sweep_and_worker.items() if k == "models_per_task"}
+        worker = {k: v for k, v in sweep_and_worker.items() if k != "models_per_task"}
+        return models_per_task(config.from_dict(tiny_config(tmp_path, sweep=sweep, worker=worker)))
+
+    assert k(models_per_task=7) == 7  # an explicit K is kept
+    assert k(models_per_task=0) == 25  # workers.mlp, float32 on CPU
+    assert k(models_per_task=0, precision="bfloat16") == 100
+    assert k(models_per_task=0, name="flaky_worker") == 1  # a worker without a default trains one at a time
+    with pytest.raises(DatamodelsError, match="sweep.models_per_task must be >= 1, or 0 for the worker's default"):
+        k(models_per_task=-1)

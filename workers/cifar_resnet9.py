@@ -273,6 +273,13 @@ def _network(k: int, cfg: Config, num_classes: int, device: torch.device) -> Tup
     return _NETS[key]
 
 
+def default_models_per_task(worker: dict) -> int:
+    """K when ``sweep.models_per_task`` is 0: a grouped stack of 8 on a GPU (as configs/cifar10.yaml
+    sets; the driver choosing K may have no GPU itself, so ``auto`` counts as one), one at a time
+    on CPU, where a ResNet-9 alone keeps the cores busy."""
+    return 1 if worker.get("device") == "cpu" else 8
+
+
 def train(masks: np.ndarray, seeds: np.ndarray, config: dict) -> np.ndarray:
     cfg = Config(**{k: v for k, v in config["worker"].items() if k != "name"})
     data = config["data"]
