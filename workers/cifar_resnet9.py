@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import margins, targets
+from .common import equal_size_groups, margins, targets
 
 # CIFAR-10 channel statistics on the 0-255 scale.
 MEAN = (125.307, 122.961, 113.8575)
@@ -292,10 +292,7 @@ def train(masks: np.ndarray, seeds: np.ndarray, config: dict) -> np.ndarray:
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds)
     out = np.empty((len(masks), len(y_target)), dtype=np.float32)
-    # Models of one stack take the same number of steps, so only equal-size subsets share a stack.
-    sizes = masks.sum(1)
-    for size in np.unique(sizes):
-        rows = np.flatnonzero(sizes == size)
+    for rows in equal_size_groups(masks):
         per_stack = len(rows) if stack == "grouped" else 1
         for start in range(0, len(rows), per_stack):
             chunk = rows[start:start + per_stack]

@@ -34,6 +34,14 @@ def targets(data_dir: str, which: str) -> Tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def equal_size_groups(masks: np.ndarray):
+    """Row indices of ``masks`` grouped by subset size: a stack of models trains in lockstep,
+    so only models with the same number of steps per epoch can share one."""
+    sizes = masks.sum(1)
+    for size in np.unique(sizes):
+        yield np.flatnonzero(sizes == size)
+
+
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Correct-class logit minus the largest other logit, over the last axis."""
     correct = logits.gather(-1, labels.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .common import load_split, margins, targets
+from .common import equal_size_groups, load_split, margins, targets
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -92,9 +92,7 @@ def train_arrays(x_train: np.ndarray, y_train: np.ndarray, x_target: np.ndarray,
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds)
     out = np.empty((len(masks), len(y_target)), dtype=np.float32)
-    sizes = masks.sum(1)
-    for size in np.unique(sizes):
-        rows = np.flatnonzero(sizes == size)
+    for rows in equal_size_groups(masks):
         net = _StackedMLP(masks[rows], seeds[rows], x.shape[1] - 1, num_classes, cfg, device)
         net.fit(x, onehot)
         out[rows] = margins(net.logits(xt), yt).float().cpu().numpy()
