@@ -6,9 +6,10 @@ every weight carries a leading model axis and the layers are batched matmuls, so
 one step advances all K models (a tiny model alone leaves the hardware idle
 between Python dispatches).
 
-Why it is fast (on one core of an AMD EPYC, digits defaults: ~50 models per CPU second
-at K = 1 and ~135 at K = 25, against ~10 and ~55 for an autograd + torch.optim version;
-~240 at K = 100 with ``precision: bfloat16``; see benchmarks/training.py):
+Why it is fast (one thread of an AMD EPYC, digits defaults, benchmarks/training.py: 37
+models per CPU second at K = 1 and 119 at K = 25, where the plain nn.Module + autograd +
+torch.optim version, benchmarks/plain_mlp.py, trains 8; 177 at K = 100 with
+``precision: bfloat16``):
 
 * no autograd: forward and backward of a two-layer MLP are five batched matmuls written
   out by hand, with activations kept feature-major so the softmax is vectorised;
