@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
 import os
-import pickle
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -49,20 +46,13 @@ def synthetic_cifar(root: Path, num_train: int, num_test: int, seed: int = 0) ->
     def batch(n):
         labels = rng.integers(0, 10, n)
         planes = colours[labels][:, :, None] + rng.normal(0, 60, (n, 3, 1024))
-        return {b"data": np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072), b"labels": labels.tolist()}
+        return np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072), labels
 
-    per_batch = num_train // 5
-    blobs = {f"data_batch_{i}": batch(per_batch) for i in range(1, 6)}
-    blobs["test_batch"] = batch(num_test)
-    blobs["batches.meta"] = {b"label_names": [f"class{i}".encode() for i in range(10)]}
-    archive = root / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w") as tar:  # uncompressed: gzip would only cost time here
-        for name, obj in blobs.items():
-            blob = pickle.dumps(obj, protocol=4)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return archive
+    from datamodels.prepare import CIFAR_BATCHES, write_cifar10
+
+    batches = {name: batch(num_test if name == "test_batch" else num_train // 5) for name in CIFAR_BATCHES}
+    # uncompressed: gzip would only cost time here
+    return write_cifar10(root / "cifar-10-python.tar.gz", batches, compress=False)
 
 
 def count_flops(cfg, device, num_classes: int = 10) -> tuple:

@@ -39,7 +39,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -643,10 +643,6 @@ def _top_eigenvalue(G: torch.Tensor) -> float:
     theta, vecs = torch.linalg.eigh(Tm)
     residual = abs(beta[m - 1] * float(vecs[-1, -1]))
     return max(float(theta[-1]) + residual, 1e-12) * (1 + 1e-3)
-
-
-def _soft(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.clamp(x.abs() - t, min=0)
 
 
 def _fista(matvec: Callable, c: torch.Tensor, lam: torch.Tensor, x0: torch.Tensor, L: float, tol: float,

@@ -353,6 +353,21 @@ def _load_cifar10(path: Path) -> Tuple[Split, Split, int]:
     return train, test, num_classes
 
 
+def write_cifar10(archive: Path, batches: Dict[str, Tuple[np.ndarray, np.ndarray]], compress: bool = True) -> Path:
+    """Write ``batches`` ({name: (data uint8 [n, 3072] as R, G, B planes, labels [n])}, one per
+    name in CIFAR_BATCHES) as a CIFAR-10 python archive: what ``prepare`` reads, for synthetic
+    data sets in tests and benchmarks."""
+    blobs = {name: pickle.dumps({b"data": data, b"labels": [int(v) for v in labels]}, protocol=2)
+             for name, (data, labels) in batches.items()}
+    blobs[CIFAR_META] = pickle.dumps({b"label_names": [f"class{i}".encode() for i in range(10)]}, protocol=2)
+    with tarfile.open(archive, "w:gz" if compress else "w") as tar:
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(f"{CIFAR_DIR}/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return archive
+
+
 def _cifar_blobs(path: Path) -> Dict[str, bytes]:
     """The raw bytes of the batch files (and batches.meta when present), by base name."""
     wanted = CIFAR_BATCHES + (CIFAR_META,)

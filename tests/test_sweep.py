@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from datamodels import config
 from datamodels.errors import DatamodelsError
 from datamodels.store import Store, subset_mask
 from datamodels.sweep import pack_tasks, sweep, train_masks

@@ -1,16 +1,13 @@
 """Workers: the stacked MLP trains each model exactly as torch's autograd and SGD would, alone or
 with task-mates; the ResNet-9 worker runs on CPU on a CIFAR-10-format archive, reproducibly, and
 its grouped stack of K models trains the same models as K separate networks."""
-import io
-import pickle
-import tarfile
 
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from datamodels.prepare import digits_split, prepare
+from datamodels.prepare import CIFAR_BATCHES, digits_split, prepare, write_cifar10
 from datamodels.store import model_seed, subset_mask
 from workers import cifar_resnet9, mlp
 
@@ -138,19 +135,10 @@ def write_cifar(root, per_batch=40, num_test=30, seed=0):
     def batch(n):
         labels = rng.integers(0, 10, n)
         planes = colours[labels][:, :, None] + rng.normal(0, 40, (n, 3, 1024))  # CHW planes, as CIFAR stores them
-        return {b"data": np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072), b"labels": labels.tolist()}
+        return np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072), labels
 
-    blobs = {f"data_batch_{i}": batch(per_batch) for i in range(1, 6)}
-    blobs["test_batch"] = batch(num_test)
-    blobs["batches.meta"] = {b"label_names": [f"class{i}".encode() for i in range(10)]}
-    archive = root / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, obj in blobs.items():
-            blob = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return archive
+    batches = {name: batch(num_test if name == "test_batch" else per_batch) for name in CIFAR_BATCHES}
+    return write_cifar10(root / "cifar-10-python.tar.gz", batches)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ and the target images from ``workers.common.targets`` (an FFCV loader, cached pe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
