@@ -33,6 +33,9 @@ def test_sweep_fills_the_store(run_config, ray_local):
 
 
 def test_resumed_sweep_equals_uninterrupted(tmp_path, run_config, ray_local):
+    # Each task sleeps half a second first, so the kill below lands between tasks, not after the
+    # last: tiny models otherwise finish all tasks within one polling interval.
+    run_config = dict(run_config, worker=dict(run_config["worker"], name="flaky_worker", sleep=0.5))
     reference = Store(sweep(run_config, progress=False)["store"])
     # Interrupted: the same run, in a fresh directory, killed mid-sweep in a subprocess.
     import shutil
