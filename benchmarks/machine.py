@@ -8,9 +8,14 @@ import platform
 
 
 def machine_info(*packages: str) -> dict:
-    """CPU, OS, Python, torch (threads, GPU) and the versions of ``packages``, plus the load
-    average at the call (other work on the machine skews wall-clock figures)."""
+    """CPU (model, torch's kernel capability, the flags that decide which low-precision kernels
+    are fast), OS, Python, torch (threads, GPU) and the versions of ``packages``, plus the load
+    average at the call (other work on the machine skews wall-clock figures).  A speed figure
+    holds for the CPU capability it was measured on: AVX512-VNNI/BF16 and AVX2-only machines
+    differ by 8-25x on low-precision kernels."""
     import torch
+
+    from datamodels.hardware import machine
 
     cpu = platform.processor()
     try:
@@ -28,6 +33,8 @@ def machine_info(*packages: str) -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_at_start": list(os.getloadavg()),
     }
+    hw = machine()
+    info.update(cpu_capability=hw["cpu_capability"], cpu_flags=hw["cpu_flags"], isa_env=hw["isa_env"])
     for name in ("numpy", *packages):
         info[name] = importlib.import_module(name).__version__
     return info

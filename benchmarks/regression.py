@@ -1,4 +1,5 @@
-"""Regression speed at equal accuracy: ``datamodels.fit`` against scikit-learn's ``lasso_path``.
+"""Regression speed at equal accuracy: ``datamodels.fit`` against scikit-learn's ``lasso_path``,
+celer and skglm (the fastest CPU lasso solvers on PyPI).
 
 Both methods run on the same store, with the same procedure, and are scored with the same
 held-out LDS (``datamodels.evaluate.lds``):
@@ -24,6 +25,17 @@ batch of targets as one matrix product.  Two variants:
 - ``sklearn-checked``: the plain call (``check_input=True``), which copies and validates X on
   every call; this is what the obvious code does.
 
+``celer`` (``celer_path``) and ``skglm`` (``AndersonCD.path``) run the same protocol; they
+take a design matrix, not a Gram, so they get the smallest one with the same Gram and
+correlations (N rows from the Gram's eigendecomposition instead of n model rows: fewer rows,
+the same solutions; ``_compressed_design``), tol 1e-4, targets spread over joblib processes.
+Ours runs three ways: ``ours`` chooses its XᵀX kernel by measuring (the probe's cost is in its
+time: the choice cache is off), ``ours-int8`` and ``ours-float32`` force one.  The JSON's
+``ratios`` give ours against the fastest competitor and the automatic choice against the best
+fixed kernel.  ``--emulate avx2`` runs every method with torch, oneDNN and OpenBLAS limited to
+AVX2 (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell``), as on a
+CPU without AVX512, VNNI or bf16; results then go to ``regression_<size>_avx2.json``.
+
 Every method runs in its own fresh process with its libraries already imported, timed from
 opening the store to the finished weights (reading, Gram, path, refit; not the LDS), with
 peak memory (RSS summed over the process and its children, sampled every 20 ms).
@@ -36,8 +48,9 @@ which needs every row in memory as float64, is skipped.
     python benchmarks/regression.py --size large          # synthetic at the digits scale
     python benchmarks/regression.py --size digits [--store runs/digits/store]
     python benchmarks/regression.py --size outofcore      # 1.4 GB of masks, 1 GiB memory cap
+    python benchmarks/regression.py --size digits --emulate avx2
 
-Results go to ``benchmarks/results/regression_<size>.json``.
+Results go to ``benchmarks/results/regression_<size>[_avx2].json``, with the machine's CPU capability.
 """
 from __future__ import annotations
 
@@ -93,12 +106,13 @@ def synthetic_store(path: Path, num_train, num_targets, num_fit, num_eval, plant
 def run_ours(store_path: str, out: str) -> None:
     from datamodels.fit import fit
 
-    fit(store_path, out, progress=False, **PATH_SETTINGS)
+    fit(store_path, out, progress=False, **PATH_SETTINGS)  # DATAMODELS_GRAM_KERNEL (set by measure) forces a kernel
 
 
-def run_sklearn(store_path: str, out: str, checked: bool) -> None:
+def run_baseline(store_path: str, out: str, solver: str) -> None:
+    """A CPU lasso library under the same protocol as ours: standardised masks, the same λ grid
+    and validation rows, λ per target by validation MSE, refit on all rows warm-started."""
     from joblib import Parallel, delayed, effective_n_jobs
-    from sklearn.linear_model import lasso_path
 
     from datamodels.fit import _validation_rows, save
     from datamodels.store import Store
@@ -116,7 +130,31 @@ def run_sklearn(store_path: str, out: str, checked: bool) -> None:
         scale = np.where(sd > 0, 1 / np.where(sd > 0, sd, 1), 0.0)
         Xs = np.asfortranarray((Xp - mx) * scale)
         Yc = np.asfortranarray(Yp - my)
-        return Xs, Yc, Xs.T @ Xs, np.ascontiguousarray((Xs.T @ Yc).T), mx, my, scale
+        gram = Xs.T @ Xs
+        XyT = np.ascontiguousarray((Xs.T @ Yc).T)
+        if not solver.startswith("sklearn"):
+            Xs, Yc = _compressed_design(gram, XyT, len(Xs))
+        return Xs, Yc, gram, XyT, mx, my, scale
+
+    def path(Xs, y, alphas, gram, xy, coef_init=None):
+        """Coefficients [N, len(alphas)] along the path (all solvers minimise (1/2n)‖y − Xw‖² + λ‖w‖₁)."""
+        if solver.startswith("sklearn"):
+            from sklearn.linear_model import lasso_path
+
+            checked = solver == "sklearn-checked"
+            kw = {} if coef_init is None else {"coef_init": coef_init.copy()}
+            return lasso_path(Xs, y, alphas=alphas, precompute=gram, Xy=xy, check_input=checked, copy_X=checked,
+                              **kw)[1]
+        if solver == "celer":
+            from celer import celer_path
+
+            return celer_path(Xs, y, "lasso", alphas=alphas, tol=1e-4, coef_init=coef_init)[1]
+        from skglm.datafits import Quadratic
+        from skglm.penalties import L1
+        from skglm.solvers import AndersonCD
+
+        return AndersonCD(tol=1e-4, fit_intercept=False, warm_start=True).path(
+            Xs, y, Quadratic(), L1(1.0), alphas=alphas, w_init=coef_init)[1]
 
     Xs, Yc, gram, XyT, mx, my, scale = standardise(X[~is_val], Y[~is_val])
     Xv = (X[is_val] - mx) * scale
@@ -128,13 +166,16 @@ def run_sklearn(store_path: str, out: str, checked: bool) -> None:
     batches = np.array_split(np.arange(T), max(1, min(T, 8 * jobs)))
 
     def paths(batch):
-        coefs = np.stack([lasso_path(Xs, Yc[:, t], alphas=lam_max[t] * ratios, precompute=gram, Xy=XyT[t],
-                                     check_input=checked, copy_X=checked)[1] for t in batch], 1)  # [N, b, k]
+        coefs = np.stack([path(Xs, Yc[:, t], lam_max[t] * ratios, gram, XyT[t]) for t in batch], 1)  # [N, b, k]
         mse = ((Yv[:, batch, None] - (Xv @ coefs.reshape(len(coefs), -1)).reshape(len(Xv), *coefs.shape[1:])) ** 2).mean(0)  # [b, k]
         best = mse.argmin(1)
         return coefs[:, np.arange(len(batch)), best], best
 
-    with Parallel(n_jobs=-1, prefer="threads") as parallel:
+    # sklearn's coordinate descent releases the GIL, so threads share the Gram; celer (Cython)
+    # and skglm (numba) hold it, so they get processes, with private copies of the inputs
+    # (celer rejects joblib's read-only memory maps).
+    backend = "threads" if solver.startswith("sklearn") else "processes"
+    with Parallel(n_jobs=-1, prefer=backend, max_nbytes=None) as parallel:
         results = parallel(delayed(paths)(b) for b in batches)
         w_train = np.concatenate([r[0] for r in results], 1)
         best = np.concatenate([r[1] for r in results])
@@ -145,9 +186,8 @@ def run_sklearn(store_path: str, out: str, checked: bool) -> None:
         start = w_train * scale[:, None] * np.where(scale_a > 0, 1 / np.where(scale_a > 0, scale_a, 1), 0)[:, None]
 
         def refit(batch):
-            return np.stack([lasso_path(Xa, Ya[:, t], alphas=[lam[t]], precompute=gram_a, Xy=XyT_a[t],
-                                        coef_init=start[:, t].copy(), check_input=checked,
-                                        copy_X=checked)[1][:, 0] for t in batch], 1)
+            return np.stack([path(Xa, Ya[:, t], np.array([lam[t]]), gram_a, XyT_a[t], np.ascontiguousarray(start[:, t]))[:, 0]
+                             for t in batch], 1)
 
         w = np.concatenate(parallel(delayed(refit)(b) for b in batches), 1)
     weight = w * scale_a[:, None]
@@ -155,11 +195,44 @@ def run_sklearn(store_path: str, out: str, checked: bool) -> None:
           "lam": lam, "targets": np.arange(T), "num_models": np.int64(len(rows))}, out)
 
 
+def _compressed_design(gram: np.ndarray, XyT: np.ndarray, n: int):
+    """The smallest design with the same least-squares problem, for solvers that take X, not a
+    Gram: with gram = V diag(e) Vᵀ, X' = √(N/n)·diag(√e)·Vᵀ (N × N) and y'ₜ = √(N/n)·diag(1/√e)·Vᵀ·Xᵀyₜ
+    give X'ᵀX'/N = XᵀX/n and X'ᵀy'ₜ/N = Xᵀyₜ/n, so (1/2N)‖y' − X'w‖² + λ‖w‖₁ has the same
+    minimiser as (1/2n)‖y − Xw‖² + λ‖w‖₁ at the same λ, on N rows instead of n."""
+    N = gram.shape[0]
+    e, V = np.linalg.eigh(gram)
+    keep = e > e.max() * 1e-12  # constant features give zero eigenvalues; Xᵀy has no part there
+    root = np.sqrt(np.where(keep, e, 0.0))
+    inv_root = np.where(keep, 1 / np.where(keep, root, 1.0), 0.0)
+    factor = np.sqrt(N / n)
+    X = np.asfortranarray(factor * root[:, None] * V.T)
+    Y = np.asfortranarray(factor * inv_root[:, None] * (V.T @ XyT.T))
+    return X, Y
+
+
+def _warm_up(solver: str) -> None:
+    """Compile skglm's numba kernels before the clock starts (as imports are excluded)."""
+    if solver == "skglm":
+        from skglm.datafits import Quadratic
+        from skglm.penalties import L1
+        from skglm.solvers import AndersonCD
+
+        rng = np.random.default_rng(0)
+        X, y = np.asfortranarray(rng.normal(size=(20, 5))), rng.normal(size=20)
+        AndersonCD(fit_intercept=False).path(X, y, Quadratic(), L1(1.0), alphas=np.array([0.1, 0.01]))
+
+
+# ours: datamodels.fit with the XᵀX kernel it chooses (probe included in the time), or one forced.
+OURS = {"ours": None, "ours-int8": "int8", "ours-float32": "float32"}
 METHODS = {
-    "ours": lambda store, out: run_ours(store, out),
-    "sklearn": lambda store, out: run_sklearn(store, out, checked=False),
-    "sklearn-checked": lambda store, out: run_sklearn(store, out, checked=True),
+    **{name: (lambda store, out: run_ours(store, out)) for name in OURS},
+    **{name: (lambda store, out, name=name: run_baseline(store, out, name))
+       for name in ("sklearn", "sklearn-checked", "celer", "skglm")},
 }
+COMPETITORS = ("sklearn", "celer", "skglm")
+# Where torch, oneDNN and OpenBLAS are told to use AVX2 kernels only, as on an AVX2-only CPU.
+EMULATE = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
 
 
 def child(method: str, store: str, out: str, stats_path: str) -> None:
@@ -183,9 +256,13 @@ def child(method: str, store: str, out: str, stats_path: str) -> None:
     import datamodels.store  # noqa: F401
     import torch  # noqa: F401
     from datamodels.fit import fit  # noqa: F401
-    if method.startswith("sklearn"):
-        import joblib  # noqa: F401
+    if not method.startswith("ours"):
+        import joblib
         import sklearn.linear_model  # noqa: F401
+        _warm_up(method)
+        if method in ("celer", "skglm"):  # start joblib's worker processes, and compile in them, untimed
+            jobs = joblib.effective_n_jobs(-1)
+            joblib.Parallel(n_jobs=-1, prefer="processes")(joblib.delayed(_warm_up)(method) for _ in range(4 * jobs))
 
     sampler = threading.Thread(target=sample, daemon=True)
     baseline_rss = me.memory_info().rss
@@ -199,10 +276,16 @@ def child(method: str, store: str, out: str, stats_path: str) -> None:
                                             "rss_before_mb": baseline_rss / 2 ** 20}))
 
 
-def measure(method: str, store: Path, work: Path) -> dict:
+def measure(method: str, store: Path, work: Path, emulate: str = None) -> dict:
     out, stats = work / f"{method}.npz", work / f"{method}.json"
+    env = {**os.environ, **EMULATE.get(emulate, {})}
+    env.pop("DATAMODELS_GRAM_KERNEL", None)
+    if OURS.get(method):
+        env["DATAMODELS_GRAM_KERNEL"] = OURS[method]
+    elif method == "ours":
+        env["DATAMODELS_NO_CHOICE_CACHE"] = "1"  # measure the kernels in every run: the probe's cost counts
     proc = subprocess.run([sys.executable, __file__, "--child", method, str(store), str(out), str(stats)],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
     from datamodels.evaluate import lds
@@ -221,7 +304,10 @@ def main(argv=None) -> int:
                                    "reused if it exists, else created there)")
     p.add_argument("--mem-cap-gb", type=float, default=None,
                    help="skip a method whose in-memory working set is estimated above this many GiB")
-    p.add_argument("--methods", default="ours,sklearn,sklearn-checked")
+    p.add_argument("--methods", default="ours,ours-int8,ours-float32,sklearn,celer,skglm",
+                   help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--emulate", choices=sorted(EMULATE),
+                   help="run every method with torch, oneDNN and OpenBLAS limited to this instruction set")
     p.add_argument("--repeats", type=int, default=3, help="runs per method; the median is reported")
     p.add_argument("--out", help="JSON path (default benchmarks/results/regression_<size>.json)")
     args = p.parse_args(argv)
@@ -251,9 +337,17 @@ def main(argv=None) -> int:
 
     # In-memory working sets: ours holds Grams and N×T statistics, the baseline also all rows.
     estimate_gb = {"ours": (4 * N * N * 4 + 8 * N * T * 8 + 8192 * N * 4) / 2 ** 30}
-    estimate_gb["sklearn"] = estimate_gb["sklearn-checked"] = (3 * M * N * 8 + 2 * M * T * 8 + 2 * N * N * 8) / 2 ** 30
+    for name in OURS:
+        estimate_gb[name] = estimate_gb["ours"]
+    for name in ("sklearn", "sklearn-checked", "celer", "skglm"):
+        estimate_gb[name] = (3 * M * N * 8 + 2 * M * T * 8 + 2 * N * N * 8) / 2 ** 30
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        p.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(METHODS)}")
 
-    machine = machine_info("scipy", "sklearn")
+    machine = machine_info("scipy", "sklearn", *[m for m in ("celer", "skglm") if m in args.methods.split(",")])
+    if args.emulate:  # what the children ran with, not this process
+        machine.update(emulated=args.emulate, isa_env=EMULATE[args.emulate])
     results = {}
     methods = []
     for method in args.methods.split(","):
@@ -267,7 +361,7 @@ def main(argv=None) -> int:
     runs = {method: [] for method in methods}
     for repeat in range(args.repeats):
         for method in methods:
-            runs[method].append(measure(method, store_path, work))
+            runs[method].append(measure(method, store_path, work, args.emulate))
             r = runs[method][-1]
             print(f"{method} (run {repeat + 1}): {r['wall_s']:.2f} s, LDS {r['lds']:.4f}, "
                   f"peak RSS {r['peak_rss_mb']:.0f} MiB", flush=True)
@@ -280,10 +374,30 @@ def main(argv=None) -> int:
         if name != "ours" and "wall_s" in r and "wall_s" in ours:
             r["ours_speedup"] = r["wall_s"] / ours["wall_s"]
             r["ours_lds_minus_this"] = ours["lds"] - r["lds"]
-            r["target_met"] = bool(r["ours_speedup"] >= 10 and ours["lds"] >= r["lds"] - 0.005)
+    summary_ratios = {}
+    timed = {name: r for name, r in results.items() if "wall_s" in r}
+    if "ours" in timed:
+        fixed = {name: timed[name]["wall_s"] for name in OURS if name != "ours" and name in timed}
+        if fixed:
+            best_fixed = min(fixed, key=fixed.get)
+            summary_ratios["auto_vs_best_fixed_kernel"] = {"best_fixed": best_fixed,
+                                                           "ratio": timed["ours"]["wall_s"] / fixed[best_fixed]}
+        rivals = {name: timed[name] for name in COMPETITORS if name in timed}
+        if rivals:
+            fastest = min(rivals, key=lambda n: rivals[n]["wall_s"])
+            summary_ratios["vs_fastest_competitor"] = {
+                "fastest": fastest, "speedup": rivals[fastest]["wall_s"] / timed["ours"]["wall_s"],
+                "lds_ours_minus_it": timed["ours"]["lds"] - rivals[fastest]["lds"]}
+        if "sklearn" in timed:
+            sk = timed["sklearn"]
+            summary_ratios["vs_sklearn"] = {"speedup": sk["wall_s"] / timed["ours"]["wall_s"],
+                                            "lds_ours_minus_it": timed["ours"]["lds"] - sk["lds"],
+                                            "target_10x_at_equal_lds_met": bool(
+                                                sk["wall_s"] / timed["ours"]["wall_s"] >= 10
+                                                and abs(timed["ours"]["lds"] - sk["lds"]) <= 0.005)}
 
     rows = [(name, r) for name, r in results.items() if "wall_s" in r]
-    print()
+    print(f"\nCPU capability: {machine['cpu_capability']}" + (f", emulating {args.emulate}" if args.emulate else ""))
     print(f"{'method':<16} {'wall s':>8} {'LDS':>8} {'peak RSS MiB':>13} {'mean nnz':>9} {'ours faster':>12}")
     for name, r in rows:
         speed = f"{r['ours_speedup']:.1f}x" if "ours_speedup" in r else "-"
@@ -302,12 +416,19 @@ def main(argv=None) -> int:
                   "num_train": N, "num_targets": T, "num_fit_models": M,
                   "num_eval_models": summary["eval"]["completed"],
                   **({"synthetic": SIZES[args.size]} if args.size in SIZES else {})},
-        "settings": {**PATH_SETTINGS, "ours": "datamodels.fit defaults (tol 1e-4, max_iter 300, float32, cpu)",
-                     "sklearn": "lasso_path, precompute=Gram, Xy, tol 1e-4 (its default), joblib threads"},
+        "settings": {**PATH_SETTINGS, "ours": "datamodels.fit defaults (tol 1e-4, max_iter 300, float32, cpu); "
+                                              "ours-int8 / ours-float32 force the XᵀX kernel",
+                     "sklearn": "lasso_path, precompute=Gram, Xy, tol 1e-4 (its default), joblib threads",
+                     "celer": "celer_path, tol 1e-4, joblib processes",
+                     "skglm": "AndersonCD.path, tol 1e-4, joblib processes, numba compiled before timing"},
         "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
         "results": results,
+        "ratios": summary_ratios,
     }
-    out = Path(args.out) if args.out else HERE / "results" / f"regression_{args.size}.json"
+    for name, value in summary_ratios.items():
+        print(f"{name}: {json.dumps(value)}")
+    suffix = f"_{args.emulate}" if args.emulate else ""
+    out = Path(args.out) if args.out else HERE / "results" / f"regression_{args.size}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"\nsaved {out}")

@@ -395,15 +395,16 @@ class _Stats:
         z = lambda *shape, dtype=torch.float64: torch.zeros(*shape, dtype=dtype, device=device)
         return cls(0, z(N), z(T), z(N, N, dtype=xx_dtype), z(N, T), z(T))
 
-    def add(self, masks: torch.Tensor, y: torch.Tensor) -> None:
-        """Fold in a chunk: masks bool [m, N], y float64 [m, T]."""
+    def add(self, masks: torch.Tensor, y: torch.Tensor, gram: Optional[Callable] = None) -> None:
+        """Fold in a chunk: masks bool [m, N], y float64 [m, T]; ``gram`` computes XᵀX
+        (one of ``_GRAM_KERNELS``, all exact; float32 when not given)."""
         if len(masks) == 0:
             return
         x = masks.float()
         self.n += len(x)
         self.sx += x.sum(0, dtype=torch.float64)
         self.sy += y.sum(0)
-        self.xx += _mask_gram(masks, x).to(self.xx.dtype)
+        self.xx += (gram or _gram_float32)(masks).to(self.xx.dtype)
         self.xy += (x.T @ y.float()).double()
         self.yy += (y * y).sum(0)
 
@@ -436,17 +437,64 @@ class _Stats:
         return self
 
 
-def _mask_gram(masks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """XᵀX of a chunk of 0/1 masks, exactly (integer counts).  On CPU an int8 GEMM with
-    int32 sums is several times faster than float32 (VNNI); where it is unavailable (other
-    devices, shapes it rejects, older torch) the float32 product is exact too."""
-    if masks.device.type == "cpu" and hasattr(torch, "_int_mm"):
-        xi = masks.to(torch.int8)
-        try:
-            return torch._int_mm(xi.T.contiguous(), xi)
-        except RuntimeError:
-            pass
+def _gram_int8(masks: torch.Tensor) -> torch.Tensor:
+    """XᵀX of 0/1 masks as an int8 GEMM with int32 sums: exact, and several times faster
+    than float32 where the CPU has int8 dot products (VNNI, AMX); 25-100x slower where not."""
+    xi = masks.to(torch.int8)
+    try:
+        return torch._int_mm(xi.T.contiguous(), xi)
+    except RuntimeError:  # shapes some backends reject (e.g. CUDA wants multiples of 8)
+        return _gram_float32(masks)
+
+
+def _gram_float32(masks: torch.Tensor) -> torch.Tensor:
+    """XᵀX in float32: exact for 0/1 inputs while every count stays below 2**24."""
+    x = masks.float()
     return x.T @ x
+
+
+def _gram_float16(masks: torch.Tensor) -> torch.Tensor:
+    """XᵀX from float16 inputs with float32 sums (tensor cores): exact like float32 where the
+    backend has ``mm(..., out_dtype=float32)`` (CUDA); elsewhere the probe rejects it."""
+    x = masks.half()
+    return torch.mm(x.T, x, out_dtype=torch.float32)
+
+
+_GRAM_KERNELS = {"int8": _gram_int8, "float32": _gram_float32, "float16": _gram_float16}
+# The probe: a chunk of this many random masks over at most this many features, timed with
+# every kernel.  At N = 1,024 the int8 GEMM's slow path costs ~0.1 s (AVX2), and which kernel
+# wins depends on the instruction set, not on N.
+_PROBE_ROWS, _PROBE_FEATURES = 512, 1024
+
+
+def gram_kernel(num_train: int, device) -> str:
+    """The XᵀX kernel for this machine and device: the faster of int8 and float32 on a probe
+    of the real work (both are exact on 0/1 masks), measured once and cached per machine
+    (``datamodels.hardware.choose``).  ``DATAMODELS_GRAM_KERNEL`` forces one."""
+    from . import hardware
+
+    dev = torch.device(device)
+    forced = os.environ.get("DATAMODELS_GRAM_KERNEL")
+    if forced:
+        if forced not in _GRAM_KERNELS:
+            raise DatamodelsError(f"DATAMODELS_GRAM_KERNEL must be one of {', '.join(_GRAM_KERNELS)}, got {forced!r}")
+        hardware.record(f"fit.gram_kernel.{dev.type}", forced, "set by DATAMODELS_GRAM_KERNEL")
+        return forced
+    n = min(num_train, _PROBE_FEATURES)
+    probe = torch.rand(_PROBE_ROWS, n, generator=torch.Generator().manual_seed(0)) < 0.5
+    probe = probe.to(dev)
+    reference = _gram_float32(probe)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    candidates = {}
+    for name, kernel in _GRAM_KERNELS.items():
+        try:  # a kernel this torch or device lacks, or one that is not exact here, is no candidate
+            if not torch.equal(kernel(probe).to(reference.dtype), reference):
+                continue
+        except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+            continue
+        candidates[name] = lambda kernel=kernel: (kernel(probe), sync())
+    bucket = 1 << max(0, (n - 1).bit_length())
+    return hardware.choose(f"fit.gram_kernel.{dev.type}", candidates, key=f"n{bucket}")
 
 
 def _accumulate(store: Store, rows, is_val, cols, offset, chunk_rows: int, dev,
@@ -458,14 +506,15 @@ def _accumulate(store: Store, rows, is_val, cols, offset, chunk_rows: int, dev,
     train = _Stats.zeros(N, T, xx_dtype, dev)
     val = _Stats.zeros(N, T, xx_dtype, dev)
     offset = torch.as_tensor(offset, dtype=torch.float64, device=dev)
+    gram = _GRAM_KERNELS[gram_kernel(N, dev)]
     bar = _progress(len(rows), progress and len(rows) > 8 * step, "fit: reading the store", "model")
     for start in range(0, len(rows), step):
         r = rows[start:start + step]
         v = torch.as_tensor(is_val[start:start + step], device=dev)
         x = torch.from_numpy(np.asarray(store.masks[r])).to(dev)
         y = torch.from_numpy(_margins(store, r, cols)).to(dev) - offset
-        train.add(x[~v], y[~v])
-        val.add(x[v], y[v])
+        train.add(x[~v], y[~v], gram)
+        val.add(x[v], y[v], gram)
         _drop_pages(store.masks, store.margins)
         bar.update(len(r))
     bar.close()

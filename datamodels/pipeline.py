@@ -13,6 +13,7 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
 
     ``report`` also writes ``<out>/report.html`` (see ``datamodels.report``), after
     ``metrics.json``, so a failing report never costs the metrics."""
+    from . import hardware
     from .evaluate import lds
     from .fit import fit
     from .prepare import prepare, read_meta
@@ -55,6 +56,8 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
         "models_trained_now": sweep_summary["trained"],
         **times,
         "total_s": sum(times.values()),
+        # The hardware-dependent choices this run made (kernels, precision, K) and where.
+        "hardware": {"machine": hardware.machine(), "choices": hardware.choices()},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
@@ -66,5 +69,6 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
                                              progress=progress))
         metrics["report_s"] = time.time() - t
         metrics["total_s"] += metrics["report_s"]
+        metrics["hardware"]["choices"] = hardware.choices()
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

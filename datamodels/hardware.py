@@ -1,0 +1,171 @@
+"""Hardware-dependent choices, made on the machine at hand and recorded.
+
+Machines that look alike differ where it matters: two "2-core AMD EPYC" servers, one with
+AVX512-VNNI/BF16 and one with AVX2 only, disagree by 25× on an int8 GEMM and by 8× on a
+bfloat16 one.  So no kernel, precision or batch size is hard-coded because it won on one
+CPU.  A choice is made by :func:`choose`: each candidate is timed on a small probe of the
+real work, the fastest wins, and the winner is cached (in memory and in a JSON file keyed
+by everything that changes the answer: CPU model and flags, torch's kernel capability, the
+ISA limits set in the environment, torch version and threads) so the probe runs once per
+machine.  Every choice made in a process is logged once and kept in :func:`choices`, which
+``datamodels run`` writes into ``metrics.json``.
+
+``DATAMODELS_CACHE_DIR`` moves the cache file (default ``~/.cache/datamodels``);
+``DATAMODELS_NO_CHOICE_CACHE=1`` ignores it (every process measures afresh).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+log = logging.getLogger("datamodels")
+
+# CPU flags that decide which low-precision kernels can be fast (from /proc/cpuinfo).
+_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+                      "amx_tile", "avx512_fp16")
+# Environment variables that limit the kernels torch and oneDNN dispatch to.
+_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+_CHOICES: Dict[str, dict] = {}
+
+
+def cpu_flags() -> list:
+    """The flags of interest that this CPU reports (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in _FLAGS_OF_INTEREST if f in have]
+    return []
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What a speed figure depends on: recorded with every choice and every benchmark."""
+    import torch
+
+    info = {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "isa_env": {k: os.environ[k] for k in _ISA_ENV if k in os.environ},
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    return info
+
+
+def _fingerprint() -> str:
+    m = machine()
+    key = json.dumps({k: m[k] for k in ("cpu", "cpu_capability", "cpu_flags", "torch_threads", "torch", "isa_env")}
+                     | {"gpu": m.get("gpu")}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("DATAMODELS_CACHE_DIR") or Path.home() / ".cache" / "datamodels"
+    return Path(root) / "choices.json"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    """Add one entry; a cache that cannot be written only costs a re-measurement later."""
+    from filelock import FileLock, Timeout
+
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=10):
+            cache = _read_cache()
+            cache[key] = entry
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+    except (OSError, Timeout):
+        pass
+
+
+def time_call(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def record(name: str, value, how: str, seconds: Optional[dict] = None) -> None:
+    """Keep (and log once) a choice made in this process."""
+    entry = {"value": value, "how": how}
+    if seconds:
+        entry["seconds"] = seconds
+    if _CHOICES.get(name, {}).get("value") != value or name not in _CHOICES:
+        detail = f" ({', '.join(f'{k}: {v * 1e3:.2f} ms' for k, v in seconds.items())})" if seconds else ""
+        log.info("datamodels: %s = %s, %s%s", name, value, how, detail)
+    _CHOICES[name] = entry
+
+
+def choose(name: str, candidates: Dict[str, Callable[[], object]], key: str = "", prefer: Optional[str] = None,
+           margin: float = 1.0) -> str:
+    """The fastest of ``candidates`` (label → a call that runs a small probe of the real work).
+
+    ``key`` names what else the answer depends on (a problem size bucket, a device).  With
+    ``prefer``, another candidate wins only if it is at least ``margin`` times faster: for
+    choices that change results (a compute precision), near-ties keep the safe default, so
+    measurement noise cannot flip what a run computes.  Cached per machine (module docstring)."""
+    if len(candidates) == 1:
+        (only,) = candidates
+        record(name, only, "the only candidate")
+        return only
+    full_key = f"{name}|{key}|{_fingerprint()}"
+    use_cache = os.environ.get("DATAMODELS_NO_CHOICE_CACHE") != "1"
+    cached = _read_cache().get(full_key) if use_cache else None
+    if cached and cached.get("value") in candidates:
+        record(name, cached["value"], "measured earlier on this machine (cached)", cached.get("seconds"))
+        return cached["value"]
+    seconds = {label: time_call(fn) for label, fn in candidates.items()}
+    best = min(seconds, key=seconds.get)
+    if prefer is not None and prefer in seconds and best != prefer and seconds[best] * margin > seconds[prefer]:
+        best = prefer
+    how = "measured now" + (f" (others must be {margin:g}x faster than {prefer})" if prefer and margin != 1 else "")
+    record(name, best, how, seconds)
+    if use_cache:
+        _write_cache(full_key, {"value": best, "seconds": seconds})
+    return best
+
+
+def choices() -> dict:
+    """Every hardware-dependent choice made in this process so far: name → value, how, timings."""
+    return {name: dict(entry) for name, entry in _CHOICES.items()}
