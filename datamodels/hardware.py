@@ -33,7 +33,8 @@ _FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx5
 # Environment variables that limit the kernels torch and oneDNN dispatch to.
 _ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
-_CHOICES: Dict[str, dict] = {}
+_CHOICES: Dict[str, dict] = {}  # name -> the latest choice made in this process
+_MEASURED: Dict[str, dict] = {}  # full cache key -> what this process measured
 
 
 def cpu_flags() -> list:
@@ -133,7 +134,7 @@ def record(name: str, value, how: str, seconds: Optional[dict] = None) -> None:
         entry["seconds"] = seconds
     if _CHOICES.get(name, {}).get("value") != value or name not in _CHOICES:
         detail = f" ({', '.join(f'{k}: {v * 1e3:.2f} ms' for k, v in seconds.items())})" if seconds else ""
-        log.info("datamodels: %s = %s, %s%s", name, value, how, detail)
+        log.info("%s = %s, %s%s", name, value, how, detail)
     _CHOICES[name] = entry
 
 
@@ -151,6 +152,10 @@ def choose(name: str, candidates: Dict[str, Callable[[], object]], key: str = ""
         return only
     full_key = f"{name}|{key}|{_fingerprint()}"
     use_cache = os.environ.get("DATAMODELS_NO_CHOICE_CACHE") != "1"
+    here = _MEASURED.get(full_key)
+    if here and here["value"] in candidates:
+        record(name, here["value"], "measured earlier in this process", here["seconds"])
+        return here["value"]
     cached = _read_cache().get(full_key) if use_cache else None
     if cached and cached.get("value") in candidates:
         record(name, cached["value"], "measured earlier on this machine (cached)", cached.get("seconds"))
@@ -161,6 +166,7 @@ def choose(name: str, candidates: Dict[str, Callable[[], object]], key: str = ""
         best = prefer
     how = "measured now" + (f" (others must be {margin:g}x faster than {prefer})" if prefer and margin != 1 else "")
     record(name, best, how, seconds)
+    _MEASURED[full_key] = {"value": best, "seconds": seconds}
     if use_cache:
         _write_cache(full_key, {"value": best, "seconds": seconds})
     return best
