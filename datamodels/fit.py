@@ -467,10 +467,16 @@ _GRAM_KERNELS = {"int8": _gram_int8, "float32": _gram_float32, "float16": _gram_
 _PROBE_ROWS, _PROBE_FEATURES = 512, 1024
 
 
-def gram_kernel(num_train: int, device) -> str:
-    """The XᵀX kernel for this machine and device: the faster of int8 and float32 on a probe
-    of the real work (both are exact on 0/1 masks), measured once and cached per machine
-    (``datamodels.hardware.choose``).  ``DATAMODELS_GRAM_KERNEL`` forces one."""
+# Below this many rows the whole XᵀX costs a few probes: float32, exact and the baseline every
+# CPU and GPU runs well, without measuring.
+_PROBE_MIN_ROWS = 16 * _PROBE_ROWS
+
+
+def gram_kernel(num_train: int, device, num_rows: Optional[int] = None) -> str:
+    """The XᵀX kernel for this machine and device: the faster of int8 and float32 (and float16
+    with float32 sums where the device has it) on a probe of the real work (all are exact on
+    0/1 masks), measured once and cached per machine (``datamodels.hardware.choose``); float32
+    when ``num_rows`` is too few to repay the probe.  ``DATAMODELS_GRAM_KERNEL`` forces one."""
     from . import hardware
 
     dev = torch.device(device)
@@ -480,6 +486,9 @@ def gram_kernel(num_train: int, device) -> str:
             raise DatamodelsError(f"DATAMODELS_GRAM_KERNEL must be one of {', '.join(_GRAM_KERNELS)}, got {forced!r}")
         hardware.record(f"fit.gram_kernel.{dev.type}", forced, "set by DATAMODELS_GRAM_KERNEL")
         return forced
+    if num_rows is not None and num_rows < _PROBE_MIN_ROWS:
+        hardware.record(f"fit.gram_kernel.{dev.type}", "float32", f"fewer than {_PROBE_MIN_ROWS} rows: not worth a probe")
+        return "float32"
     n = min(num_train, _PROBE_FEATURES)
     probe = torch.rand(_PROBE_ROWS, n, generator=torch.Generator().manual_seed(0)) < 0.5
     probe = probe.to(dev)
@@ -506,7 +515,7 @@ def _accumulate(store: Store, rows, is_val, cols, offset, chunk_rows: int, dev,
     train = _Stats.zeros(N, T, xx_dtype, dev)
     val = _Stats.zeros(N, T, xx_dtype, dev)
     offset = torch.as_tensor(offset, dtype=torch.float64, device=dev)
-    gram = _GRAM_KERNELS[gram_kernel(N, dev)]
+    gram = _GRAM_KERNELS[gram_kernel(N, dev, len(rows))]
     bar = _progress(len(rows), progress and len(rows) > 8 * step, "fit: reading the store", "model")
     for start in range(0, len(rows), step):
         r = rows[start:start + step]

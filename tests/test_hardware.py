@@ -93,6 +93,9 @@ def test_gram_kernel_is_measured_recorded_and_can_be_forced(cache_dir, monkeypat
     entry = hardware.choices()["fit.gram_kernel.cpu"]
     assert chosen == entry["value"] and chosen in ("int8", "float32")
     assert set(entry["seconds"]) >= {"float32"}  # measured, among the candidates this CPU runs
+    # A store too small to repay the probe gets float32 unmeasured.
+    assert gram_kernel(300, "cpu", num_rows=100) == "float32"
+    assert "not worth a probe" in hardware.choices()["fit.gram_kernel.cpu"]["how"]
     monkeypatch.setenv("DATAMODELS_GRAM_KERNEL", "float32")
     assert gram_kernel(300, "cpu") == "float32"
     assert hardware.choices()["fit.gram_kernel.cpu"]["how"] == "set by DATAMODELS_GRAM_KERNEL"
