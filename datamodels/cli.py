@@ -379,9 +379,14 @@ def _log_to_stderr() -> None:
     """The library logs its one-off choices (kernels, precision, K) at INFO; the command line shows them."""
     import logging
 
+    class ToStderr(logging.StreamHandler):
+        def emit(self, record):
+            self.stream = sys.stderr  # the current one: callers (and test runners) may swap it
+            super().emit(record)
+
     log = logging.getLogger("datamodels")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = ToStderr()
         handler.setFormatter(logging.Formatter("datamodels: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
