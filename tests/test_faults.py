@@ -52,15 +52,36 @@ def test_straggler_is_cancelled_retried_then_recorded(run_config, ray_local):
     assert time.time() - started < 60
 
 
-def _kill_one_task_process() -> bool:
-    out = subprocess.run(["pgrep", "-f", "ray::run_task"], capture_output=True, text=True).stdout.split()
-    for pid in out:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-            return True
-        except ProcessLookupError:
-            continue
+def _kill_one_task_process(nodes=None, wait_s: float = 10.0) -> bool:
+    """SIGKILL one process running a ``run_task``.  With ``nodes`` (Ray cluster nodes), only a
+    descendant of their raylets: other Ray instances on the machine (another test run, a
+    benchmark) share the process table and must be left alone."""
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if nodes is None:
+            candidates = [psutil.Process(int(p)) for p in subprocess.run(
+                ["pgrep", "-f", "ray::run_task"], capture_output=True, text=True).stdout.split()]
+        else:
+            raylets = [proc.pid for node in nodes for kind, proc in node.live_processes() if kind == "raylet"]
+            candidates = [c for pid in raylets for c in psutil.Process(pid).children(recursive=True)
+                          if "ray::run_task" in " ".join(_cmdline(c))]
+        for proc in candidates:
+            try:
+                proc.send_signal(signal.SIGKILL)
+                return True
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
     return False
+
+
+def _cmdline(proc) -> list:
+    try:
+        return proc.cmdline()
+    except Exception:  # gone, or not ours to read
+        return []
 
 
 def test_multi_node_sweep_survives_killed_worker_and_lost_node(run_config, tmp_path):
@@ -87,7 +108,7 @@ def test_multi_node_sweep_survives_killed_worker_and_lost_node(run_config, tmp_p
         completed = tmp_path / "disturbed" / "store" / "_completed.npy"
         while not (completed.exists() and np.load(completed, mmap_mode="r").sum() >= 6):
             time.sleep(0.05)
-        assert _kill_one_task_process()
+        assert _kill_one_task_process(cluster.list_all_nodes())
         time.sleep(0.3)
         cluster.remove_node(nodes[0], allow_graceful=False)
         cluster.add_node(num_cpus=1, env_vars={"DATAMODELS_CACHE": str(caches[3])})
