@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 SPECS = ("top:5", "top:10", "top:20")
 
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     verified = br["verified"]
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "command": " ".join(["python", "benchmarks/analyses.py", *(argv if argv is not None else sys.argv[1:])]),
         "run": {"path": args.run, "config": args.config, "lds": metrics["lds"], "num_fit_models": metrics["num_fit_models"],
                 "num_eval_models": metrics["num_eval_models"], "num_train": metrics["num_train"],

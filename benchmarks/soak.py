@@ -21,10 +21,8 @@ the rows' own masks and seeds) and compares their margins with the store's, bit 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -38,28 +36,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 
 
 def machine_info() -> dict:
     import ray
-    import torch
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "ray": ray.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
+    from machine import machine_info as common  # benchmarks/machine.py: CPU, capability, flags, versions
+
+    return {**common(), "ray": ray.__version__}
 
 
 class Disturber:
