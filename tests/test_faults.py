@@ -1,5 +1,4 @@
 """Faults: failing and straggling tasks, lost workers and nodes on a real multi-node Ray cluster."""
-import os
 import signal
 import subprocess
 import threading
