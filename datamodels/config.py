@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
@@ -176,7 +177,12 @@ def worker_config(section: Any) -> Dict[str, Any]:
     except OmegaConfBaseException as exc:
         raise DatamodelsError(f"bad config: {_one_line(exc, 'worker.')}") from None
     # Stored untyped: the Config section is declared as a free-form mapping.
-    return {"name": name, **OmegaConf.to_container(merged)}
+    values = OmegaConf.to_container(merged)
+    try:  # the worker's own checks of values (its __post_init__), which merging does not run
+        schema(**values)
+    except (ValueError, TypeError) as exc:
+        raise DatamodelsError(f"bad config: {str(exc).strip().splitlines()[0]}") from None
+    return {"name": name, **values}
 
 
 def load_worker(name: str):
@@ -189,14 +195,20 @@ def load_worker(name: str):
     return module
 
 
-def models_per_task(cfg: DictConfig) -> int:
+def models_per_task(cfg: DictConfig, meta: Optional[Dict[str, Any]] = None,
+                    worker: Optional[Dict[str, Any]] = None) -> int:
     """K for the sweep: ``sweep.models_per_task``, or when it is 0 the worker's
-    ``default_models_per_task(worker_config)`` (how many models it trains best at once on
-    its device), or 1 for a worker without one."""
+    ``default_models_per_task(worker, meta)`` (how many models it trains best at once on its
+    device; ``meta``: the prepared data's), or 1 for a worker without one.  ``worker``: the
+    worker settings to ask about (the sweep's, with ``auto`` resolved); by default the config's."""
     if cfg.sweep.models_per_task > 0:
         return int(cfg.sweep.models_per_task)
-    choose = getattr(load_worker(cfg.worker.name), "default_models_per_task", None)
-    return max(1, int(choose(to_dict(cfg.worker)))) if choose else 1
+    worker = worker if worker is not None else to_dict(cfg.worker)
+    choose = getattr(load_worker(worker["name"]), "default_models_per_task", None)
+    if choose is None:
+        return 1
+    takes_meta = len(inspect.signature(choose).parameters) > 1
+    return max(1, int(choose(worker, meta) if takes_meta else choose(worker)))
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from .errors import DatamodelsError
 from .store import Store
@@ -78,6 +77,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"spearman needs two [rows, columns] arrays of one shape, got {a.shape} and {b.shape}")
+    # Imported here: every Ray worker process imports this package, and scipy.stats costs it ~0.7 s.
+    from scipy.stats import rankdata
+
     bad = ~(np.isfinite(a).all(0) & np.isfinite(b).all(0))
     ra = rankdata(np.where(np.isfinite(a), a, 0.0), axis=0)
     rb = rankdata(np.where(np.isfinite(b), b, 0.0), axis=0)

@@ -15,6 +15,7 @@ machine.  Every choice made in a process is logged once and kept in :func:`choic
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 log = logging.getLogger("datamodels")
 
@@ -35,6 +36,7 @@ _ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 _CHOICES: Dict[str, dict] = {}  # name -> the latest choice made in this process
 _MEASURED: Dict[str, dict] = {}  # full cache key -> what this process measured
+_HELD: Optional[List[tuple]] = None  # log lines held back by ``log_on_success``
 
 
 def cpu_flags() -> list:
@@ -134,8 +136,31 @@ def record(name: str, value, how: str, seconds: Optional[dict] = None) -> None:
         entry["seconds"] = seconds
     if _CHOICES.get(name, {}).get("value") != value or name not in _CHOICES:
         detail = f" ({', '.join(f'{k}: {v * 1e3:.2f} ms' for k, v in seconds.items())})" if seconds else ""
-        log.info("%s = %s, %s%s", name, value, how, detail)
+        line = ("%s = %s, %s%s", name, value, how, detail)
+        if _HELD is None:
+            log.info(*line)
+        else:
+            _HELD.append(line)
     _CHOICES[name] = entry
+
+
+@contextlib.contextmanager
+def log_on_success() -> Iterator[None]:
+    """Log the choices made inside the block only once it has succeeded: a command that stops
+    at bad input (a store made with other settings, a held lock, a full disk) reports its
+    one-line error alone.  The choices are kept in :func:`choices` and cached all the same."""
+    global _HELD
+    if _HELD is not None:  # nested: the outer block decides
+        yield
+        return
+    _HELD = []
+    try:
+        yield
+        held = _HELD
+    finally:
+        _HELD = None
+    for line in held:
+        log.info(*line)
 
 
 def choose(name: str, candidates: Dict[str, Callable[[], object]], key: str = "", prefer: Optional[str] = None,

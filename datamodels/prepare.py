@@ -116,8 +116,71 @@ def read_meta(data_dir) -> dict:
     return meta
 
 
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Undo FFCV's changes to torch's thread count: importing FFCV sets it to 1 for the whole
+    process, and a loader sets it to its worker count.  The process's count is the caller's
+    business (a Ray task's CPU share, the fit's cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def read_arrays(data_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """What ``load_arrays`` returns, read straight from the ``.beton`` file's tables with numpy.
+
+    For code that wants a whole split in memory, as the workers do.  FFCV's loader costs several
+    seconds per process before the first example (importing FFCV builds numba typed dicts and
+    loads OpenCV; a loader compiles its pipeline), more than the digits MLP's whole training, and
+    a sweep pays it in every worker process.  This reads the file layout prepare writes (FFCV
+    format version 2: an "image" field of raw arrays or raw RGB pixels and an int "label") and
+    hands anything else (a JPEG-compressed file written elsewhere) to ``load_arrays``;
+    tests/test_prepare.py checks both readers agree."""
+    meta = read_meta(data_dir)
+    path = Path(data_dir) / f"{split}.beton"
+    if split not in SPLITS or not path.is_file():
+        return load_arrays(data_dir, split)
+    check_beton(data_dir, meta, split)
+    num = int(meta[f"num_{split}"])
+    shape = tuple(int(d) for d in meta["image_shape"])
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    header = raw[:_FFCV_HEADER.itemsize].view(_FFCV_HEADER)[0]
+    fields_at = _FFCV_HEADER.itemsize
+    fields = raw[fields_at:fields_at + int(header["num_fields"]) * _FFCV_FIELD.itemsize].view(_FFCV_FIELD)
+    names = [bytes(f["name"]).split(b"\0")[0].decode("ascii", "replace") for f in fields]
+    kinds = [int(f["type_id"]) for f in fields]
+    image_meta = {_FFCV_NDARRAY: np.dtype("<u8"), _FFCV_RGB: _FFCV_RGB_META}.get(kinds[0]) if kinds else None
+    if names != ["image", "label"] or kinds[1:] != [_FFCV_INT] or image_meta is None:
+        return load_arrays(data_dir, split)
+    table = np.dtype([("", image_meta), ("", "<i8")], align=True)
+    table_at = fields_at + fields.nbytes
+    rows = raw[table_at:table_at + num * table.itemsize].view(table)
+    images_meta, labels = rows[table.names[0]], rows[table.names[1]].astype(np.int64)
+    if kinds[0] == _FFCV_RGB:
+        if (images_meta["mode"] != _FFCV_RGB_RAW).any():
+            return load_arrays(data_dir, split)  # JPEG-compressed: decoding takes FFCV's (OpenCV's) decoder
+        pointers, dtype = images_meta["data_ptr"], np.dtype(np.uint8)
+    else:
+        pointers, dtype = images_meta, np.dtype(meta["image_dtype"])
+    size = int(np.prod(shape)) * dtype.itemsize
+    images = np.empty((num, size), dtype=np.uint8)
+    for i, at in enumerate(pointers.tolist()):
+        images[i] = raw[at:at + size]
+    return images.view(dtype).reshape((num, *shape)), labels
+
+
 def load_arrays(data_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
     """Images [n, H, W, C] (uint8 or float32) and int64 labels [n] of ``split``, read through FFCV."""
+    with keep_torch_threads():
+        return _load_arrays(data_dir, split)
+
+
+def _load_arrays(data_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     meta = read_meta(data_dir)
@@ -189,6 +252,10 @@ _FFCV_VERSION = 2
 _FFCV_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
                          ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")], align=True)
 _FFCV_ALLOC = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
+_FFCV_FIELD = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True)
+_FFCV_INT, _FFCV_RGB, _FFCV_NDARRAY = 1, 2, 4  # field type ids
+_FFCV_RGB_META = np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])
+_FFCV_RGB_RAW = 1  # RGB field mode: raw pixels (0: JPEG)
 
 
 def check_beton(data_dir, meta: dict, split: str) -> None:
@@ -463,6 +530,11 @@ class _Examples:
 
 
 def _write_beton(path: Path, split: Split, image_field: str, progress: bool, name: str) -> None:
+    with keep_torch_threads():
+        _write_beton_ffcv(path, split, image_field, progress, name)
+
+
+def _write_beton_ffcv(path: Path, split: Split, image_field: str, progress: bool, name: str) -> None:
     from ffcv.fields import IntField, NDArrayField, RGBImageField
     from ffcv.writer import DatasetWriter
 

@@ -19,14 +19,15 @@ import socket
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import config as config_lib
+from . import hardware
 from .errors import DatamodelsError
 from .store import Store, model_seed
 
@@ -56,17 +57,41 @@ def _local_data_dir(digest: str, payload_ref) -> str:
 
 
 def run_task(worker_name: str, masks: np.ndarray, seeds: np.ndarray, worker_cfg: dict, data: dict,
-             num_targets: int, payload_ref=None) -> np.ndarray:
+             num_targets: int, payload_ref=None, threads: Optional[int] = None) -> np.ndarray:
     """Train the task's models; the body of every Ray task (also callable without Ray).
 
+    ``threads``: torch's thread count for the task, its CPU share.  Ray's own setting
+    (``OMP_NUM_THREADS``) is not enough: it is inherited from the driver's environment when set
+    there, a worker process keeps the count of the first task it ran, and FFCV resets it.
     Bad output (wrong shape, NaN/inf) raises here, inside the task, so Ray retries it like
     any other failure instead of the driver storing junk."""
     module = config_lib.load_worker(worker_name)
+    if threads:
+        set_torch_threads(threads, environment=True)
     data = dict(data)
     if payload_ref is not None:
         data["dir"] = _local_data_dir(data.pop("digest"), payload_ref)
     result = module.train(masks, seeds, {"worker": worker_cfg, "data": data})
     return check_margins(result, len(masks), num_targets)
+
+
+def task_threads(cpus_per_task: float) -> int:
+    """Torch threads of a task with this CPU share: one per whole CPU, at least one."""
+    return max(1, int(cpus_per_task))
+
+
+def set_torch_threads(threads: int, environment: bool = False) -> Optional[int]:
+    """Set torch's intra-op thread count if torch is loaded, returning the previous count; with
+    ``environment``, also for a torch loaded later in this process (and its children)."""
+    if environment:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    return before
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -75,33 +100,103 @@ def num_targets_for(meta: dict, targets: str) -> int:
     return int(meta["num_test"]) + (int(meta["num_train"]) if targets == "test+train" else 0)
 
 
-def open_store(cfg, meta: dict) -> Store:
-    """The sweep's store, created on first use; an existing one must match the config."""
+def open_store(cfg, meta: dict) -> Tuple[Store, dict, int]:
+    """The sweep's store, created on first use, with the worker settings and K its tasks run with
+    (``resolve_worker``).  An existing store must match the config: its own fields are checked
+    first, then the config's explicit worker settings, before anything is measured, so a
+    mismatch is a one-line error and costs nothing; settings left ``auto`` take the store's values."""
     path = Path(cfg.out) / "store"
     num_targets = num_targets_for(meta, cfg.data.targets)
-    if not (path / "spec.json").exists():
-        return Store.create(path, num_train=meta["num_train"], num_targets=num_targets,
-                            alpha=cfg.sweep.alpha, seed=cfg.seed, margins_dtype=cfg.sweep.margins_dtype,
-                            extra={"targets": cfg.data.targets, "worker": _training_settings(cfg)})
-    store = Store(path, mode="r+")
-    expected = {"alpha": (store.alpha, float(cfg.sweep.alpha)), "seed": (store.seed, int(cfg.seed)),
-                "num_train": (store.num_train, int(meta["num_train"])),
-                "num_targets": (store.num_targets, num_targets),
-                "margins_dtype": (str(store.margins.dtype), cfg.sweep.margins_dtype)}
-    made_with, asked = store.meta.get("worker"), _training_settings(cfg)
-    if isinstance(made_with, dict):  # mixing models of different training settings would be silent garbage
-        for key in sorted(set(made_with) | set(asked)):
-            expected[f"worker.{key}"] = (made_with.get(key), asked.get(key))
+    store = made_with = None
+    if (path / "spec.json").exists():
+        store = Store(path, mode="r+")
+        made_with = store.meta.get("worker")
+        _check_matches(path, {
+            "alpha": (store.alpha, float(cfg.sweep.alpha)), "seed": (store.seed, int(cfg.seed)),
+            "num_train": (store.num_train, int(meta["num_train"])), "num_targets": (store.num_targets, num_targets),
+            "margins_dtype": (str(store.margins.dtype), cfg.sweep.margins_dtype)})
+        if isinstance(made_with, dict):
+            explicit = {k: v for k, v in _training_settings(config_lib.to_dict(cfg.worker)).items() if v != "auto"}
+            _check_matches(path, {f"worker.{k}": (made_with.get(k), v) for k, v in explicit.items()})
+    worker, models_per_task = resolve_worker(cfg, meta, made_with if isinstance(made_with, dict) else None)
+    asked = _training_settings(worker)
+    if store is None:
+        store = Store.create(path, num_train=meta["num_train"], num_targets=num_targets,
+                             alpha=cfg.sweep.alpha, seed=cfg.seed, margins_dtype=cfg.sweep.margins_dtype,
+                             extra={"targets": cfg.data.targets, "worker": asked})
+    elif isinstance(made_with, dict):  # mixing models of different training settings would be silent garbage
+        _check_matches(path, {f"worker.{k}": (made_with.get(k), asked.get(k))
+                              for k in sorted(set(made_with) | set(asked))})
+    return store, worker, models_per_task
+
+
+def _check_matches(path: Path, expected: Dict[str, Tuple[Any, Any]]) -> None:
     for name, (have, want) in expected.items():
         if have != want:
             raise DatamodelsError(f"store {path} was made with {name}={have}, but the config asks for {want}; "
                                   f"use another out directory or the original config")
-    return store
 
 
-def _training_settings(cfg) -> dict:
+def _training_settings(worker: dict) -> dict:
     """The worker settings that define the model class; where it runs (device) does not."""
-    return {k: v for k, v in sorted(config_lib.to_dict(cfg.worker).items()) if k != "device"}
+    return {k: v for k, v in sorted(worker.items()) if k != "device"}
+
+
+def stored_worker_settings(out: Path) -> Optional[dict]:
+    """The training settings recorded in the store under ``out``, if there is one that has them."""
+    spec = Path(out) / "store" / "spec.json"
+    if not spec.exists():
+        return None
+    try:
+        made_with = Store(spec.parent).meta.get("worker")
+    except Exception:  # a damaged store: opening it for the sweep says what is wrong
+        return None
+    return made_with if isinstance(made_with, dict) else None
+
+
+def adopt_store_settings(worker: dict, made_with: Optional[dict]) -> Tuple[dict, List[str]]:
+    """``worker`` with each setting left ``auto`` replaced by the store's concrete value: the models
+    of one store must share their settings, whatever ``auto`` would pick today (a store made
+    before a setting became ``auto``, or on another machine).  Returns the keys adopted."""
+    if not isinstance(made_with, dict):
+        return worker, []
+    adopted = [k for k, v in worker.items()
+               if v == "auto" and k != "device" and made_with.get(k) not in (None, "auto")]
+    return {**worker, **{k: made_with[k] for k in adopted}}, adopted
+
+
+def resolve_worker(cfg, meta: dict, made_with: Optional[dict] = None) -> Tuple[dict, int]:
+    """The worker settings every task of a sweep runs with, and K (models per task), decided once
+    here on the driver, before any task is packed.
+
+    A worker setting left ``auto`` takes, in order: the store's value (``made_with``: the
+    settings an existing store records), so a store never mixes models of two precisions;
+    else the worker module's ``resolve(worker, meta, models_per_task)``, which may measure this
+    machine (``workers.mlp``: the faster precision, cached per machine).  ``sweep.models_per_task``
+    0 asks the worker's ``default_models_per_task(worker, meta)``.  Both run with torch set to the
+    tasks' thread count, so a probe sees what a task will.  Explicit settings are passed on as
+    they are (``open_store`` refuses a store made with others).  Every choice is recorded
+    (``datamodels.hardware.choices``).
+
+    On a cluster the choices are the driver's machine's; nodes of another CPU kind run the
+    same settings (consistent models, maybe not their fastest): set them explicitly there."""
+
+    worker, adopted = adopt_store_settings(config_lib.to_dict(cfg.worker), made_with)
+    for key in adopted:
+        hardware.record(f"{worker['name']}.{key}", worker[key], "the store's models were made with it")
+    module = config_lib.load_worker(worker["name"])
+    previous = set_torch_threads(task_threads(cfg.sweep.cpus_per_task))
+    try:
+        hook = getattr(module, "resolve", None)
+        if hook is not None:
+            worker = dict(hook(worker, meta, int(cfg.sweep.models_per_task)))
+        k = config_lib.models_per_task(cfg, meta=meta, worker=worker)
+    finally:
+        if previous is not None:
+            set_torch_threads(previous)
+    hardware.record("sweep.models_per_task", k, "set in the config" if cfg.sweep.models_per_task
+                    else f"{worker['name']}'s default_models_per_task")
+    return worker, k
 
 
 def pack_tasks(rows: np.ndarray, models_per_task: int) -> List[np.ndarray]:
@@ -185,17 +280,20 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
     cfg = config_lib.coerce(config)
     check_reachable(address or cfg.sweep.address)  # before the store grows, not after
     data_dir = prepare(cfg, progress=progress)
-    store = open_store(cfg, read_meta(data_dir))
+    meta = read_meta(data_dir)
     s = cfg.sweep
     started = time.time()
-    with store.lock():
-        store.grow(s.num_models, s.num_eval_models)
+    with ExitStack() as locked:
+        with hardware.log_on_success():
+            store, worker, models_per_task = open_store(cfg, meta)
+            locked.enter_context(store.lock())
+            store.grow(s.num_models, s.num_eval_models)
         todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
         summary = {"store": str(store.path), "num_models": store.num_models,
                    "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {},
                    "retried": 0, "timed_out": 0}
         tasks = [(rows, np.asarray(store.masks[rows]), _seeds(store.seed, rows))
-                 for rows in pack_tasks(todo, config_lib.models_per_task(cfg))]
+                 for rows in pack_tasks(todo, models_per_task)]
 
         def on_result(rows, margins):
             store.write(rows, margins)
@@ -209,7 +307,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
         if tasks:
             with ray_session(address or s.address):
                 summary.update(execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress,
-                                       desc="sweep"))
+                                       desc="sweep", worker=worker))
     summary["wall_s"] = time.time() - started
     if summary["failed"]:
         rows = sorted(summary["failed"])
@@ -223,7 +321,9 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
     """Train one model per given mask through the sweep machinery and return their margins
     [num_masks, num_targets], without touching the store (used to verify predictions by retraining).
 
-    Seeds default to ones derived from the config's seed, disjoint from the store's models."""
+    Seeds default to ones derived from the config's seed, disjoint from the store's models.
+    Settings left ``auto`` take the values recorded in the store under ``out``, if there is one,
+    so retrained models are made as the store's were."""
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)
@@ -237,10 +337,11 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
     if seeds is None:
         seeds = _seeds(cfg.seed + 1_000_003, np.arange(len(masks)))
     num_targets = num_targets_for(meta, cfg.data.targets)
+    worker, models_per_task = resolve_worker(cfg, meta, stored_worker_settings(cfg.out))
     out = np.full((len(masks), num_targets), np.nan, dtype=np.float32)
     errors: Dict[int, str] = {}
     rows_all = np.arange(len(masks))
-    tasks = [(rows, masks[rows], np.asarray(seeds)[rows]) for rows in pack_tasks(rows_all, config_lib.models_per_task(cfg))]
+    tasks = [(rows, masks[rows], np.asarray(seeds)[rows]) for rows in pack_tasks(rows_all, models_per_task)]
 
     def on_result(rows, margins):
         out[rows] = margins
@@ -249,7 +350,7 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
         errors.update({int(i): message for i in rows})
 
     with ray_session(address or cfg.sweep.address):
-        execute(tasks, cfg, data_dir, num_targets, on_result, on_failure, progress, desc="retrain")
+        execute(tasks, cfg, data_dir, num_targets, on_result, on_failure, progress, desc="retrain", worker=worker)
     if errors:
         first = next(iter(errors.values()))
         raise DatamodelsError(f"{len(errors)} of {len(masks)} retraining models failed; first error: {first}")
@@ -275,9 +376,11 @@ def ray_session(address: Optional[str]):
 
 
 def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_dir: Path, num_targets: int,
-            on_result: Callable, on_failure: Callable, progress: bool, desc: str) -> Dict[str, int]:
+            on_result: Callable, on_failure: Callable, progress: bool, desc: str,
+            worker: Optional[dict] = None) -> Dict[str, int]:
     """Run ``(rows, masks, seeds)`` tasks on Ray with bounded submissions, handing each result
-    (or final failure) to the driver's callbacks as it arrives.
+    (or final failure) to the driver's callbacks as it arrives.  ``worker``: the settings the
+    tasks run with (``resolve_worker``'s); by default the config's.
 
     The driver owns the retry policy: a task that raises, returns junk, dies with its worker
     or node, or runs past ``sweep.task_timeout_s`` is resubmitted up to ``sweep.max_retries``
@@ -285,7 +388,8 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
     import ray
 
     s = cfg.sweep
-    worker_cfg = config_lib.to_dict(cfg.worker)
+    worker_cfg = dict(worker) if worker is not None else config_lib.to_dict(cfg.worker)
+    threads = task_threads(s.cpus_per_task)
     digest, files = _data_payload(data_dir)
     payload_ref = [ray.put(files)]  # nested in a list: tasks fetch it only when their node lacks the data
     data = {"digest": digest, "targets": cfg.data.targets}
@@ -304,7 +408,7 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
 
     def submit(task, attempt=0):
         rows, masks, seeds = task
-        ref = remote.remote(cfg.worker.name, masks, seeds, worker_cfg, data, num_targets, payload_ref)
+        ref = remote.remote(worker_cfg["name"], masks, seeds, worker_cfg, data, num_targets, payload_ref, threads)
         in_flight[ref] = (task, time.monotonic(), attempt)
 
     def failed(task, attempt, message):

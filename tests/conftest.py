@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ HERE = Path(__file__).parent
 # Test-only worker modules live in tests/helpers; Ray worker processes inherit this path.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE / "helpers"), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(HERE / "helpers"))
+# Hardware choices (precision, K) measured by the tests stay with the test session, and every
+# process of it (CLI subprocesses included) shares them, as the processes of one machine do.
+os.environ.setdefault("DATAMODELS_CACHE_DIR", tempfile.mkdtemp(prefix="datamodels-test-choices-"))
 
 
 def tiny_config(tmp_path, **sections):

@@ -69,12 +69,12 @@ def make_base(root: Path, prepared: Optional[Path] = None) -> Path:
         shutil.copytree(prepared, run / "data")
     cfg = config_lib.from_dict(dict(CONFIG, out=str(run)))
     data_dir = prepare(cfg, progress=False)
-    store = open_store(cfg, read_meta(data_dir))
+    store, worker, _ = open_store(cfg, read_meta(data_dir))
     with store.lock():
         store.grow(cfg.sweep.num_models, cfg.sweep.num_eval_models)
         rows = np.arange(store.num_models)
         margins = run_task(cfg.worker.name, np.asarray(store.masks), _seeds(store.seed, rows),
-                           config_lib.to_dict(cfg.worker), {"dir": str(data_dir), "targets": "test"},
+                           worker, {"dir": str(data_dir), "targets": "test"},
                            store.num_targets)
         store.write(rows, margins)
     with warnings.catch_warnings():  # a short path on a tiny store does not converge, which is fine here

@@ -26,6 +26,7 @@ def test_defaults_file_and_overrides():
     ("worker.epochs=many", "worker.epochs"),
     ("worker.name=no_such_module", "worker.name"),
     ("worker.name=json", "worker.name"),  # importable, but no train()
+    ("worker.precision=float8", "worker.precision"),  # the worker's own check
     ("nosection", "nosection"),
 ])
 def test_bad_values_name_the_key(override, names):
@@ -54,17 +55,71 @@ def test_dict_api_validates_too():
         config.coerce({"sweep": {"bogus": 1}})
 
 
-def test_models_per_task_zero_asks_the_worker(tmp_path):
-    from datamodels.config import models_per_task
+def test_models_per_task_zero_asks_the_worker(tmp_path, monkeypatch):
+    """K = 0 is the worker's measured choice on this machine (cached); an explicit K wins."""
+    import json
+    import subprocess
+    import sys
 
-    def k(**sweep_and_worker):
+    from datamodels import hardware
+    from datamodels.sweep import resolve_worker
+    from workers import mlp
+
+    monkeypatch.setenv("DATAMODELS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("DATAMODELS_NO_CHOICE_CACHE", raising=False)
+    meta = {"image_shape": [8, 8, 1], "num_classes": 10}
+
+    def resolved(**sweep_and_worker):
         sweep = {k: v for k, v in sweep_and_worker.items() if k == "models_per_task"}
         worker = {k: v for k, v in sweep_and_worker.items() if k != "models_per_task"}
-        return models_per_task(config.from_dict(tiny_config(tmp_path, sweep=sweep, worker=worker)))
+        return resolve_worker(config.from_dict(tiny_config(tmp_path, sweep=sweep, worker=worker)), meta)
 
-    assert k(models_per_task=7) == 7  # an explicit K is kept
-    assert k(models_per_task=0) == 25  # workers.mlp, float32 on CPU
-    assert k(models_per_task=0, precision="bfloat16") == 100
-    assert k(models_per_task=0, name="flaky_worker") == 1  # a worker without a default trains one at a time
+    worker, k = resolved(models_per_task=7, precision="float32")
+    assert k == 7 and hardware.choices()["sweep.models_per_task"]["how"] == "set in the config"
+
+    worker, k = resolved(models_per_task=0, precision="float32")
+    measured = hardware.choices()["workers.mlp.models_per_task.float32"]
+    assert k in mlp._KS["cpu"] and k == int(measured["value"]) == hardware.choices()["sweep.models_per_task"]["value"]
+    assert set(measured["seconds"]) == {str(c) for c in mlp._KS["cpu"]}  # every candidate was timed
+
+    # Measured once per machine: another process takes the cached answer, even a planted one.
+    cache = tmp_path / "cache" / "choices.json"
+    entries = json.loads(cache.read_text())
+    (key,) = [name for name in entries if name.startswith("workers.mlp.models_per_task.float32|")]
+    planted = next(c for c in mlp._KS["cpu"] if c != k)
+    entries[key]["value"] = str(planted)
+    cache.write_text(json.dumps(entries))
+    values = tiny_config(tmp_path, sweep={"models_per_task": 0}, worker={"precision": "float32"})
+    script = ("from datamodels import config; from datamodels.sweep import resolve_worker; "
+              f"print(resolve_worker(config.from_dict({values!r}), {meta!r})[1])")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) == planted
+
+    assert k_of_worker_without_default(tmp_path, monkeypatch) == 1  # trains one model at a time
     with pytest.raises(DatamodelsError, match="sweep.models_per_task must be >= 1, or 0 for the worker's default"):
-        k(models_per_task=-1)
+        config.from_dict(tiny_config(tmp_path, sweep={"models_per_task": -1}))
+
+
+def k_of_worker_without_default(tmp_path, monkeypatch) -> int:
+    (tmp_path / "bare_worker.py").write_text("def train(masks, seeds, config):\n    raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = config.from_dict(tiny_config(tmp_path, sweep={"models_per_task": 0}, worker={"name": "bare_worker"}))
+    return config.models_per_task(cfg)
+
+
+def test_precision_auto_is_resolved_once_and_explicit_values_win(tmp_path, monkeypatch):
+    """``worker.precision: auto`` (the default) becomes a concrete precision on the driver, and the
+    choice is recorded; an explicit one is kept."""
+    from datamodels import hardware
+    from datamodels.sweep import resolve_worker
+
+    monkeypatch.setenv("DATAMODELS_CACHE_DIR", str(tmp_path / "cache"))
+    meta = {"image_shape": [8, 8, 1], "num_classes": 10}
+    cfg = config.from_dict(tiny_config(tmp_path))
+    assert cfg.worker.precision == "auto"
+    worker, _ = resolve_worker(cfg, meta)
+    assert worker["precision"] in ("float32", "bfloat16")
+    assert hardware.choices()["workers.mlp.precision"]["value"] == worker["precision"]
+    for explicit in ("float32", "bfloat16"):
+        worker, _ = resolve_worker(config.from_dict(tiny_config(tmp_path, worker={"precision": explicit})), meta)
+        assert worker["precision"] == explicit

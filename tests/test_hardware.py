@@ -76,6 +76,20 @@ def test_a_preferred_choice_survives_near_ties(cache_dir):
                            prefer="safe", margin=3.0) == "other"
 
 
+def test_choices_made_before_an_error_are_not_logged(caplog):
+    """Bad input gets a one-line error: choices made on the way to it stay silent (but recorded)."""
+    caplog.set_level("INFO", logger="datamodels")
+    with pytest.raises(DatamodelsError):
+        with hardware.log_on_success():
+            hardware.record("test.silent", "a", "set in the config")
+            raise DatamodelsError("bad input")
+    assert "test.silent" not in caplog.text and hardware.choices()["test.silent"]["value"] == "a"
+    with hardware.log_on_success():
+        hardware.record("test.logged", "b", "set in the config")
+        assert "test.logged" not in caplog.text  # held until the block succeeds
+    assert caplog.text.count("test.logged = b, set in the config") == 1
+
+
 def test_every_gram_kernel_is_exact():
     # XᵀX of 0/1 masks is a matrix of integer counts; every kernel fit may choose must give
     # exactly the float32 product's counts, on shapes that are not multiples of anything.

@@ -11,11 +11,21 @@ import pytest
 from sklearn.datasets import load_digits
 
 from datamodels.errors import DatamodelsError
-from datamodels.prepare import load_arrays, prepare, read_meta
+from datamodels.prepare import load_arrays, prepare, read_arrays, read_meta
 
 
 def config(out, **data):
     return {"out": str(out), "data": data or {"source": "digits"}}
+
+
+def read_both(data_dir, split):
+    """A split read back through FFCV's loader, checked against the workers' numpy reader."""
+    x, y = load_arrays(data_dir, split)
+    fast_x, fast_y = read_arrays(data_dir, split)
+    assert fast_x.dtype == x.dtype and fast_y.dtype == y.dtype
+    np.testing.assert_array_equal(fast_x, x)
+    np.testing.assert_array_equal(fast_y, y)
+    return x, y
 
 
 def written_files(root):
@@ -49,7 +59,7 @@ def test_digits_meta(digits_dir):
 
 def test_digits_round_trip(digits_dir):
     for split, (images, labels) in zip(("train", "test"), expected_digits()):
-        x, y = load_arrays(digits_dir, split)
+        x, y = read_both(digits_dir, split)
         assert x.shape == images.shape and x.dtype == np.uint8
         assert y.dtype == np.int64 and set(np.unique(y)) <= set(range(10))
         np.testing.assert_array_equal(x, images)
@@ -87,7 +97,7 @@ def test_npz_grayscale_uint8_round_trip(tmp_path):
     assert (meta["num_train"], meta["num_test"], meta["num_classes"]) == (13, 7, 5)
     assert (meta["image_shape"], meta["image_dtype"], meta["image_field"]) == ([6, 5, 1], "uint8", "ndarray")
     for split in ("train", "test"):
-        x, y = load_arrays(data_dir, split)
+        x, y = read_both(data_dir, split)
         np.testing.assert_array_equal(x, arrays[f"x_{split}"][..., None])
         np.testing.assert_array_equal(y, arrays[f"y_{split}"])
 
@@ -104,7 +114,7 @@ def test_npz_color_float_round_trip(tmp_path):
     meta = read_meta(data_dir)
     assert (meta["image_shape"], meta["image_dtype"], meta["num_classes"]) == ([4, 4, 3], "float32", 3)
     for split in ("train", "test"):
-        x, y = load_arrays(data_dir, split)
+        x, y = read_both(data_dir, split)
         assert x.dtype == np.float32 and y.dtype == np.int64
         np.testing.assert_array_equal(x, arrays[f"x_{split}"].astype(np.float32))
         np.testing.assert_array_equal(y, arrays[f"y_{split}"])
@@ -163,7 +173,7 @@ def test_cifar10_round_trip(cifar, form, tmp_path):
     assert (meta["image_shape"], meta["image_dtype"], meta["image_field"]) == ([32, 32, 3], "uint8", "rgb")
     assert meta["path"] == str(path.resolve())
     for split in ("train", "test"):
-        x, y = load_arrays(data_dir, split)
+        x, y = read_both(data_dir, split)
         np.testing.assert_array_equal(x, arrays[split][0])
         np.testing.assert_array_equal(y, arrays[split][1])
 

@@ -11,17 +11,18 @@ _CACHE: Dict[Tuple[str, str, float], Tuple[np.ndarray, np.ndarray]] = {}
 
 
 def load_split(data_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Images [n, H, W, C] and labels [n] of one split, read through FFCV.
+    """Images [n, H, W, C] and labels [n] of one split, from its FFCV ``.beton`` file.
 
-    Cached per process: a Ray worker process runs many tasks, and building an FFCV
-    loader (pipeline compile included) costs far more than a small model's training.
+    Read with numpy (``datamodels.prepare.read_arrays``), not through FFCV's loader, whose
+    import and pipeline compile cost seconds in every worker process, and cached per process:
+    a Ray worker process runs many tasks.
     """
-    from datamodels.prepare import load_arrays
+    from datamodels.prepare import read_arrays
 
     path = Path(data_dir) / f"{split}.beton"
     key = (str(path.resolve()), split, path.stat().st_mtime)
     if key not in _CACHE:
-        _CACHE[key] = load_arrays(data_dir, split)
+        _CACHE[key] = read_arrays(data_dir, split)
     return _CACHE[key]
 
 

@@ -28,18 +28,39 @@ depend on which other models share its task: bit for bit on one thread (as in a
 one-CPU Ray task; tests/test_workers.py checks it), up to float rounding where torch
 splits an op across several threads.  Models with different subset sizes take
 different numbers of steps, so a task with mixed sizes trains one stack per size.
+
+What is fastest depends on the machine, so two settings are measured there rather than fixed:
+``precision: auto`` (the default) and K (``sweep.models_per_task: 0``, the default).  A short probe
+(``resolve``, ``default_models_per_task``: a few SGD steps of the real stack on random data of
+the real shapes, well under a second, cached per machine by ``datamodels.hardware``) picks K
+among 10, 25, 50 and 100 models, and bfloat16 only where it trains at least 1.5x more models per
+second than float32, which needs bf16 dot products (AVX512-BF16 or AMX; never on AVX2-only CPUs,
+where bf16 matmuls run ~8x slower).  The sweep's driver decides once per sweep and records the
+choices (``metrics.json``) and the precision (the store).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
+
+from datamodels import hardware
 
 from .common import equal_size_groups, load_split, margins, targets
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_PRECISIONS = ("auto", *_DTYPES)
+# bfloat16 changes a model's numbers, so it must win by a margin that measurement noise cannot
+# close: a near-tie keeps float32.  On the digits MLP, bf16 (AVX512-BF16) ran ~1.2x faster than
+# float32, each at its best K; a 1.3x margin was crossed by a probe run while two other processes
+# shared the 2 cores.
+_BF16_MARGIN = 1.5
+# Candidate K (models per task) for ``sweep.models_per_task: 0``, timed by a probe on the machine.
+_KS = {"cpu": (10, 25, 50, 100), "cuda": (100, 250, 500, 1000)}
 
 
 @dataclass
@@ -53,23 +74,142 @@ class Config:
     device: str = "cpu"
     # float32, or bfloat16: matmuls in bf16 with fp32 accumulation, fp32 master weights, momentum, softmax
     # and margins, i.e. what torch.autocast does.  Several times faster where the CPU has bf16 dot
-    # products (AVX512-BF16, AMX) or on a GPU; slow where it has not.
-    precision: str = "float32"
+    # products (AVX512-BF16, AMX) or on a GPU; several times slower where it has not.  auto: decided
+    # once per sweep by the driver (see ``resolve``), and recorded in the store.
+    precision: str = "auto"
 
     def __post_init__(self):
-        if self.precision not in _DTYPES:
-            raise ValueError(f"worker.precision must be one of {', '.join(_DTYPES)}, got {self.precision!r}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"worker.precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
 
 
-def default_models_per_task(worker: dict) -> int:
-    """K when ``sweep.models_per_task`` is 0.  On 2 CPU cores (benchmarks/training.py) the
-    float32 stack ran fastest at K = 25 (K = 100 was 20% slower: the stack outgrows the
-    cache) and the bfloat16 one at K = 100.  On a GPU, not measured here, a kernel launch
-    costs as much as a small model's step, so the stack should be as large as memory allows."""
-    if str(worker.get("device", "cpu")).startswith("cuda"):
-        return 500
-    return 100 if worker.get("precision") == "bfloat16" else 25
+# ---- choices made on the machine: precision and K ------------------------------------------------
 
+def resolve(worker: dict, meta: Optional[dict] = None, models_per_task: int = 0) -> dict:
+    """``worker`` with ``precision: auto`` made concrete, for a sweep of ``models_per_task`` models
+    per task (0: the default K).  ``meta``: the prepared data's ``meta.json`` (input and class counts).
+
+    The sweep's driver calls this once, before it packs tasks, and sends the concrete value to
+    every task and into the store, so one sweep never mixes precisions.  On CPU it measures here,
+    on the driver's machine, with the tasks' thread count (``datamodels.hardware.choose``: cached
+    per machine): bfloat16 only where it trains ``_BF16_MARGIN`` times more models per second
+    than float32 (each at its best K), and never on a CPU without bf16 dot products.  On a cluster of unlike
+    nodes the choice is the driver's; give ``worker.precision`` explicitly when the nodes differ."""
+    if _config(worker).precision != "auto":
+        return worker
+    return {**worker, "precision": choose_precision(_config(worker), _shape(meta), models_per_task)}
+
+
+def default_models_per_task(worker: dict, meta: Optional[dict] = None) -> int:
+    """K when ``sweep.models_per_task`` is 0: of a few candidates, the one that trains the most
+    models per second in a short probe of the stacked MLP at the data's shapes and the resolved
+    precision, on this machine with the tasks' thread count (cached per machine).  Small K leaves
+    the cores waiting on Python between tiny matmuls; large K outgrows the caches."""
+    cfg = _config(worker)
+    shape = _shape(meta)
+    if cfg.precision == "auto":
+        cfg = dataclasses.replace(cfg, precision=choose_precision(cfg, shape))
+    return choose_models_per_task(cfg, shape)
+
+
+def choose_precision(cfg: Config, shape: Tuple[int, int], models_per_task: int = 0) -> str:
+    name = "workers.mlp.precision"
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            hardware.record(name, "float32", "worker.device is cuda, but there is no GPU here to ask about "
+                                             "bfloat16; set worker.precision to choose")
+            return "float32"
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        value = "bfloat16" if native else "float32"
+        hardware.record(name, value, f"{torch.cuda.get_device_name(device)} "
+                                     f"{'computes' if native else 'does not compute'} bfloat16 natively")
+        return value
+    missing = _cpu_bf16_missing()
+    if missing:
+        hardware.record(name, "float32", missing)
+        return "float32"
+    ks = {p: models_per_task or choose_models_per_task(dataclasses.replace(cfg, precision=p), shape) for p in _DTYPES}
+    probes = {p: _probe(dataclasses.replace(cfg, precision=p), shape, ks[p], _model_steps(device)) for p in _DTYPES}
+    key = f"{_shape_key(cfg, shape)} k={ks['float32']},{ks['bfloat16']} margin={_BF16_MARGIN}"
+    return hardware.choose(name, probes, key=key, prefer="float32", margin=_BF16_MARGIN)
+
+
+def choose_models_per_task(cfg: Config, shape: Tuple[int, int]) -> int:
+    name = f"workers.mlp.models_per_task.{cfg.precision}"
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # No GPU here to measure on: a GPU step costs kernel launches more than arithmetic, so the
+        # largest candidate that surely fits in memory.
+        k = _KS["cuda"][-2]
+        hardware.record(name, k, "worker.device is cuda, but there is no GPU here to measure on")
+        return k
+    ks = _KS["cuda" if device.type == "cuda" else "cpu"]
+    probes = {str(k): _probe(cfg, shape, k, _model_steps(device)) for k in ks}
+    return int(hardware.choose(name, probes, key=_shape_key(cfg, shape)))
+
+
+def _cpu_bf16_missing() -> str:
+    """Why bfloat16 matmuls cannot be fast on this CPU, or '' if they can."""
+    flags = set(hardware.cpu_flags())
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return "float32: this CPU has no bfloat16 dot products (avx512_bf16, amx_bf16)"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if not capability.startswith("AVX512"):
+        return f"float32: torch runs {capability} kernels here, which have no bfloat16 dot products"
+    try:
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        native = True
+    return "" if native else "float32: oneDNN has no bfloat16 kernels here"
+
+
+def _shape(meta: Optional[dict]) -> Tuple[int, int]:
+    """(inputs, classes) of the prepared data; the digits' without ``meta``."""
+    if not meta:
+        return 64, 10
+    return int(np.prod(meta["image_shape"])), int(meta.get("num_classes", 10))
+
+
+def _shape_key(cfg: Config, shape: Tuple[int, int]) -> str:
+    return f"in={shape[0]} classes={shape[1]} hidden={cfg.hidden} batch={cfg.batch_size} device={cfg.device}"
+
+
+def _model_steps(device: torch.device) -> int:
+    """Models x SGD steps per probe call: four steps of the largest candidate stack."""
+    return 4 * _KS["cuda" if device.type == "cuda" else "cpu"][-1]
+
+
+def _probe(cfg: Config, shape: Tuple[int, int], k: int, model_steps: int) -> Callable[[], None]:
+    """A call that trains a stack of ``k`` models on random data of the real shapes for
+    ``model_steps // k`` SGD steps through the real code (batch gathers, step, update): every
+    candidate does the same work, so the fastest call has the most models per second.  Built on
+    its first call (the untimed warm-up), so a cached choice costs nothing."""
+    device = torch.device(cfg.device)
+    num_in, classes = shape
+    state = {}
+
+    def run():
+        if not state:
+            n = max(1, model_steps // k) * cfg.batch_size
+            g = torch.Generator().manual_seed(0)
+            state["x"] = torch.cat([torch.randn(n, num_in, generator=g), torch.ones(n, 1)], dim=1).to(device)
+            state["onehot"] = torch.eye(classes)[torch.randint(classes, (n,), generator=g)].to(device)
+            state["net"] = _StackedMLP(np.ones((k, n), dtype=bool), np.arange(k), num_in, classes,
+                                       dataclasses.replace(cfg, epochs=1), device)
+        state["net"].fit(state["x"], state["onehot"])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return run
+
+
+def _config(worker: dict) -> Config:
+    """This worker's settings from a worker section (keys it does not know, e.g. a wrapper's, left out)."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in worker.items() if k in fields})
+
+
+# ---- training -----------------------------------------------------------------------------------
 
 def train(masks: np.ndarray, seeds: np.ndarray, config: dict) -> np.ndarray:
     cfg = Config(**{k: v for k, v in config["worker"].items() if k != "name"})
@@ -81,12 +221,17 @@ def train(masks: np.ndarray, seeds: np.ndarray, config: dict) -> np.ndarray:
 
 def train_arrays(x_train: np.ndarray, y_train: np.ndarray, x_target: np.ndarray, y_target: np.ndarray,
                  masks: np.ndarray, seeds: np.ndarray, cfg: Config) -> np.ndarray:
-    """The worker on in-memory arrays: margins [K, len(y_target)] of one model per mask."""
+    """The worker on in-memory arrays: margins [K, len(y_target)] of one model per mask.
+
+    ``precision: auto`` is resolved here only when the worker is called outside a sweep (a sweep
+    resolves it once on its driver); then this machine's cached choice decides."""
     device = torch.device(cfg.device)
     mean, std = _standardiser(x_train)
     x = _flat(x_train, mean, std).to(device)
     xt = _flat(x_target, mean, std).to(device)
     num_classes = int(max(y_train.max(), y_target.max())) + 1
+    if cfg.precision == "auto":
+        cfg = dataclasses.replace(cfg, precision=choose_precision(cfg, (x.shape[1] - 1, num_classes)))
     onehot = torch.eye(num_classes, device=device)[torch.from_numpy(y_train.astype(np.int64)).to(device)]
     yt = torch.from_numpy(y_target.astype(np.int64)).to(device)
 

@@ -195,11 +195,17 @@ class Run:
 
 
 def _check_worker(store: Store, cfg) -> None:
-    """Retrained models must come from the training program the store's models came from."""
+    """Retrained models must come from the training program the store's models came from.  Settings
+    the config leaves ``auto`` take the store's values (and the config is given them, so
+    retraining makes its models as the store's were)."""
     from .. import config as config_lib
+    from ..sweep import adopt_store_settings
 
     made_with = store.meta.get("worker")
-    asked = {k: v for k, v in config_lib.to_dict(cfg.worker).items() if k != "device"}  # device: where, not what
+    worker, adopted = adopt_store_settings(config_lib.to_dict(cfg.worker), made_with)
+    if adopted:
+        cfg.worker = worker
+    asked = {k: v for k, v in worker.items() if k != "device"}  # device: where, not what
     if isinstance(made_with, str):  # older stores record only the worker's name
         import warnings
 

@@ -24,6 +24,11 @@ class Config(mlp.Config):
     hang_seeds: List[int] = field(default_factory=list)
 
 
+# The MLP's choices of precision and K, made on the driver as for the MLP itself.
+resolve = mlp.resolve
+default_models_per_task = mlp.default_models_per_task
+
+
 def train(masks, seeds, config):
     params = dict(config["worker"])
     fail, once_dir, sleep, hang = (params.pop(k) for k in ("fail", "fail_once_dir", "sleep", "hang_seeds"))
