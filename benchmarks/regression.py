@@ -349,7 +349,11 @@ def main(argv=None) -> int:
 
     machine = machine_info("scipy", "sklearn", *[m for m in ("celer", "skglm") if m in args.methods.split(",")])
     if args.emulate:  # what the children ran with, not this process
-        machine.update(emulated=args.emulate, isa_env=EMULATE[args.emulate])
+        capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                                    env={**os.environ, **EMULATE[args.emulate]}, capture_output=True, text=True,
+                                    check=True).stdout.strip()
+        machine.update(emulated=args.emulate, isa_env=EMULATE[args.emulate], cpu_capability=capability,
+                       host_cpu_capability=machine["cpu_capability"])
     results = {}
     methods = []
     for method in args.methods.split(","):
