@@ -35,15 +35,30 @@ def cmd_sweep(args) -> int:
     summary = sweep(_config(args), address=args.address)
     print(f"store {summary['store']}: {summary['num_models']} models, {summary['trained']} trained now, "
           f"{summary['already_done']} already done ({summary['wall_s']:.1f} s)")
+    live = summary.get("live_lds")
+    if live:
+        print(f"live LDS {live['lds']:.4f} at {live['num_fit_models']} fitting models "
+              f"({summary['checkpoints']} checkpoints now, {summary['checkpoint_solve_s']:.1f} s solving)")
+    if summary["stopped"]:
+        print(f"stopped early: {summary['stopped']}; the store resumes and grows as usual")
     return 0
 
 
 def cmd_status(args) -> int:
+    from .checkpoints import checkpoints, describe
     from .store import Store
 
-    s = Store(args.store).summary()
+    store = Store(args.store)
+    s = store.summary()
+    for level in args.lds or ():
+        if not 0.0 < level < 1.0:
+            raise DatamodelsError(f"--lds must be in (0, 1), got {level}")
+    for budget in args.budget or ():
+        if budget < 1:
+            raise DatamodelsError(f"--budget must be a positive number of fitting models, got {budget}")
+    live = checkpoints(store, levels=args.lds or (), budgets=args.budget or ())
     if args.json:
-        _print_json(s)
+        _print_json({**s, "live": live})
     else:
         print(f"store {s['path']}: {s['completed']}/{s['num_models']} models complete "
               f"(fit {s['fit']['completed']}/{s['fit']['total']}, eval {s['eval']['completed']}/{s['eval']['total']}); "
@@ -54,6 +69,8 @@ def cmd_status(args) -> int:
                 print(f"  row {row}: {error}")
             if len(s["failures"]) > 20:
                 print(f"  ... and {len(s['failures']) - 20} more (--json lists all)")
+        for line in describe(live):
+            print(line)
     return 1 if s["failures"] else 0
 
 
@@ -277,8 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     sp.set_defaults(func=cmd_sweep)
 
-    sp = sub.add_parser("status", help="progress and failures of a store")
+    sp = sub.add_parser("status", help="progress, failures, live LDS and its forecast of a store")
     sp.add_argument("store")
+    sp.add_argument("--lds", type=float, action="append",
+                    help="forecast the fitting models needed for this LDS (repeatable; default: the next of "
+                         "0.8, 0.85, 0.9, 0.95 above the latest checkpoint)")
+    sp.add_argument("--budget", type=int, action="append",
+                    help="forecast the LDS at this many fitting models (repeatable; default: the store's)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
 

@@ -47,6 +47,12 @@ class SweepConfig:
     max_in_flight: int = 0  # tasks submitted at once; 0 = twice the cluster's task slots
     address: Optional[str] = None  # existing Ray cluster; None starts a local one
     margins_dtype: str = "float32"
+    # Live LDS (datamodels.checkpoints): refit and score every this many fitting models;
+    # None: about 1/20 of the sweep (at least 100); 0: off.
+    checkpoint_every: Optional[int] = None
+    checkpoint_targets: int = 100  # targets sampled for the live LDS; 0: all
+    until_lds: Optional[float] = None  # stop once a checkpoint's LDS reaches this
+    until_gain: Optional[float] = None  # stop once the forecast gain from doubling the models is below this
 
 
 @dataclass
@@ -148,6 +154,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(s.max_in_flight >= 0, f"sweep.max_in_flight must be >= 0, got {s.max_in_flight}")
     _check(s.margins_dtype in ("float16", "float32", "float64"),
            f"sweep.margins_dtype must be float16, float32 or float64, got {s.margins_dtype!r}")
+    _check_live(s)
     _check(f.device in ("cpu", "cuda") or str(f.device).startswith("cuda:"),
            f"fit.device must be cpu or cuda, got {f.device!r}")
     _check(0.0 < f.val_fraction < 1.0, f"fit.val_fraction must be in (0, 1), got {f.val_fraction}")
@@ -158,6 +165,34 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(f.chunk_rows >= 1, f"fit.chunk_rows must be >= 1, got {f.chunk_rows}")
     cfg.worker = worker_config(cfg.worker)
     return cfg
+
+
+def _check_live(s) -> None:
+    """The live-LDS settings: each alone, then against the sweep they watch."""
+    every = s.checkpoint_every
+    _check(every is None or every == 0 or every >= 20,
+           f"sweep.checkpoint_every must be 0 (off), >= 20 fitting models, or unset for the default; got {every}")
+    _check(every is None or every <= s.num_models,
+           f"sweep.checkpoint_every={every} is larger than the sweep (sweep.num_models={s.num_models}): "
+           f"no checkpoint would be reached")
+    _check(s.checkpoint_targets >= 0, f"sweep.checkpoint_targets must be >= 0 (0: all targets), "
+                                      f"got {s.checkpoint_targets}")
+    for name in ("until_lds", "until_gain"):
+        value = s[name]
+        if value is None:
+            continue
+        _check(0.0 < value < 1.0, f"sweep.{name} must be in (0, 1), got {value}")
+        _check(every != 0, f"sweep.{name} needs live LDS checkpoints, but sweep.checkpoint_every is 0")
+    watched = [name for name in ("until_lds", "until_gain") if s[name] is not None] + \
+        (["checkpoint_every"] if every else [])
+    if watched:
+        _check(s.num_eval_models >= 2, f"sweep.{watched[0]} needs held-out models to score LDS on, but "
+                                       f"sweep.num_eval_models is {s.num_eval_models} (at least 2)")
+        from .checkpoints import interval
+
+        _check(interval(s) > 0,
+               f"sweep.{watched[0]}: a sweep of {s.num_models} fitting models is too short for the default "
+               f"checkpoint interval; set sweep.checkpoint_every")
 
 
 def worker_config(section: Any) -> Dict[str, Any]:

@@ -61,6 +61,8 @@ _OFFSET_ROWS = 1024
 _PATH_TOL_FACTOR = 10
 # Steps along the λ path without a better validation error after which a target stops.
 _PATIENCE = 4
+# The same for a path warm-started near an earlier solve's choice (``_solve``'s ``warm``).
+_WARM_PATIENCE = 2
 # Rounds of "solve on the working set, check KKT on all features" before a target falls
 # back to FISTA on all features.
 _MAX_ROUNDS = 4
@@ -95,7 +97,8 @@ def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lamb
     - ``nnz`` [T], ``val_mse`` [T] (validation MSE at the chosen λ), ``converged`` [T]
       (the solves at the chosen λ, on the training part and in the refit, both converged);
     - ``lambda_path`` [num_lambdas, T], ``val_mse_path`` [num_lambdas, T] (NaN where a target
-      left the path early: its validation error had stopped improving);
+      left the path early: its validation error had stopped improving), ``path_index`` [T] (the
+      step of the path chosen);
     - ``targets`` [T]: the store's target columns fitted; ``num_models``: fitting rows used.
     """
     _check_params(val_fraction, num_lambdas, lambda_min_ratio, max_iter, tol, chunk_rows)
@@ -187,9 +190,17 @@ def _check_writable(path) -> None:
 
 
 # ---- the path, choice of λ and refit, from sufficient statistics -----------------------------------
-def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: bool) -> dict:
+def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: bool,
+           warm: Optional[dict] = None) -> dict:
     """Everything after reading the store; a pure function of the statistics, so target
-    slices can be solved anywhere and put side by side."""
+    slices can be solved anywhere and put side by side.
+
+    ``warm`` (the live LDS's checkpoints, ``datamodels.checkpoints``): ``{"weight": [N, T] in
+    mask units, "path_index": [T]}`` of an earlier solve of the same targets on fewer rows.
+    Each target's path then starts one step above the λ step it chose there, from that
+    solution, instead of at λ_max from zero, and stops after ``_WARM_PATIENCE`` steps without
+    a better validation error: a few steps instead of the whole path.  (With a few hundred
+    more rows, the chosen step moves by at most one or two, and the path follows it.)"""
     num_lambdas, lambda_min_ratio = params["num_lambdas"], params["lambda_min_ratio"]
     tol, max_iter = params["tol"], params["max_iter"]
     dtype = torch.float32
@@ -203,24 +214,38 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
     N, T = prob.C.shape
     lam_max = prob.C.abs().amax(dim=0).double()
     ratios = torch.logspace(0.0, math.log10(lambda_min_ratio), num_lambdas, dtype=torch.float64, device=dev)
+    step_ratio = float(ratios[1] / ratios[0]) if num_lambdas > 1 else 1.0  # a geometric grid: one ratio
     lam_path = ratios[:, None] * lam_max[None, :]
     mse_path = torch.full((num_lambdas, T), math.nan, dtype=torch.float64, device=dev)
     path_converged = torch.zeros(num_lambdas, T, dtype=torch.bool, device=dev)
 
-    # W, W_prev, R and C hold only the targets still on the path (``act``).
+    # W, W_prev, R, C and first hold only the targets still on the path (``act``); target t is
+    # at step first[t] + step of its path.
     act = torch.arange(T, device=dev)
     C = prob.C
+    first = torch.zeros(T, dtype=torch.long, device=dev)
     W = torch.zeros(N, T, dtype=dtype, device=dev)
+    if warm is not None:
+        first = (torch.as_tensor(warm["path_index"], dtype=torch.long, device=dev) - 1).clamp(0, num_lambdas - 1)
+        weight = torch.as_tensor(warm["weight"], dtype=torch.float64, device=dev)
+        # mask units to these standardised units: w = β / scale (0 for constant features)
+        W = torch.where(prob.scale[:, None] > 0, weight / prob.scale.clamp(min=1e-300)[:, None], 0.0).to(dtype)
     W_prev = W
-    R = C.clone()  # C − G·W, the features' correlation with the residual, at W = 0
+    R = C - prob.G @ W if warm is not None else C.clone()  # C − G·W, the features' correlation with the residual
     best_w = W.clone()
-    best_k = torch.zeros(T, dtype=torch.long, device=dev)
+    best_k = first.clone()
     best_mse = torch.full((T,), math.inf, dtype=torch.float64, device=dev)
     bar = _progress(num_lambdas + 1, progress, "fit: lambda path", "step")
-    for k in range(num_lambdas):
+    for step in range(num_lambdas):
+        k = first[act] + step
+        inside = k < num_lambdas
+        if not bool(inside.all()):  # the end of the grid
+            act, W, W_prev, R, C, k = act[inside], W[:, inside], W_prev[:, inside], R[:, inside], C[:, inside], k[inside]
+            if len(act) == 0:
+                break
         lam = lam_path[k, act].to(dtype)
-        lam_prev = lam_path[max(k - 1, 0), act].to(dtype)
-        start = _extrapolate(W, W_prev, ratios[k] / ratios[k - 1]) if k >= 2 else W
+        lam_prev = lam_path[(k - 1).clamp(min=0), act].to(dtype) if warm is None or step else lam
+        start = _extrapolate(W, W_prev, step_ratio) if step >= 2 else W
         W_prev = W
         W, R, path_converged[k, act] = solver.solve(C, lam, start, R, lam_prev)
         mse = valid.mse(W, act)
@@ -234,11 +259,11 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
         # Early stop: a target whose validation error has not improved for _PATIENCE steps is
         # past its minimum, and the rest of its path (the densest, slowest solves) cannot be
         # chosen unless the error curve turns down again; its val_mse_path there stays NaN.
-        keep = (k - best_k[act]) < _PATIENCE
+        keep = (k - best_k[act]) < (_PATIENCE if warm is None else _WARM_PATIENCE)
         if not bool(keep.all()):
             act, W, W_prev, R, C = act[keep], W[:, keep], W_prev[:, keep], R[:, keep], C[:, keep]
             if len(act) == 0:
-                bar.update(num_lambdas - 1 - k)
+                bar.update(num_lambdas - 1 - step)
                 break
 
     lam_best = lam_path.gather(0, best_k[None]).squeeze(0)
@@ -260,12 +285,13 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
         "converged": converged.cpu().numpy(),
         "lambda_path": lam_path.cpu().numpy(),
         "val_mse_path": mse_path.cpu().numpy(),
+        "path_index": best_k.cpu().numpy(),
     }
 
 
 # Result arrays and the axis along which target slices are put side by side.
 _TARGET_AXIS = {"weight": 1, "bias": 0, "lam": 0, "nnz": 0, "val_mse": 0, "converged": 0, "lambda_path": 1,
-                "val_mse_path": 1}
+                "val_mse_path": 1, "path_index": 0}
 
 
 def _solve_slice(shared: dict, columns: dict, offset, params: dict, device: str) -> dict:
@@ -407,6 +433,10 @@ class _Stats:
         self.xx += (gram or _gram_float32)(masks).to(self.xx.dtype)
         self.xy += (x.T @ y.float()).double()
         self.yy += (y * y).sum(0)
+
+    def copy(self) -> "_Stats":
+        """An independent copy (``_solve`` adds the validation statistics into the training ones)."""
+        return _Stats(self.n, self.sx.clone(), self.sy.clone(), self.xx.clone(), self.xy.clone(), self.yy.clone())
 
     def to(self, device) -> "_Stats":
         move = lambda t: t.to(device)

@@ -68,6 +68,7 @@ def report(run="runs/digits", out=None, *, verify: int = 0, datamodels=None, con
     lds_scores = _lds(run)
     sections.append(_summary(run, lds_scores))
     sections.append(_accuracy(run, lds_scores))
+    sections.append(_live_lds(run))
     if learning_curve is not False:
         sections.append(_learning_curve(run, progress, force=bool(learning_curve)))
     sections.append(_top_examples(run, num_examples, seed))
@@ -226,6 +227,46 @@ def _accuracy(run: Run, scores: Optional[dict]) -> str:
                     "Models trained on held-out random subsets, never used for fitting: how well each subset's "
                     "margins are predicted (left), and per target the rank correlation across subsets, whose mean is "
                     "the LDS (right).", _img(fig, "predicted vs actual margins and LDS histogram"))
+
+
+def _live_lds(run: Run) -> str:
+    """The sweep's checkpoints and the learning curve forecast through them, with its band."""
+    from .checkpoints import _curve_at, checkpoints, comparable, read_log
+
+    records = comparable(read_log(run.store.path))
+    if len(records) < 2:
+        return ""
+    result = checkpoints(run.store, curve_to=4 * records[-1]["num_fit_models"])
+    fc = result["forecast"]
+    n = np.array([r["num_fit_models"] for r in records], dtype=np.float64)
+    y = np.array([r["lds"] for r in records])
+    fig = _figure(6, 3.6)
+    ax = fig.subplots()
+    band = fc["curve_band"]
+    grid = np.asarray(band["n"])
+    if band["lo"]:
+        ax.fill_between(grid, band["lo"], band["hi"], color="#dd8452", alpha=0.25,
+                        label="forecast, 10-90% over targets")
+    c = fc["curve"]
+    ax.plot(grid, _curve_at((c["a"], c["b"], c["c"]), grid), "--", color="#dd8452",
+            label=f"LDS = {c['a']:.3f} - b·n^-{c['c']:.2f}")
+    ax.plot(n, y, "o", color="#4c72b0", label="checkpoints (measured during the sweep)")
+    ax.set_xscale("log")
+    ax.set_xlabel("fitting models")
+    ax.set_ylabel(f"LDS ({records[-1]['num_targets']} targets)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    def needs(estimate: float) -> str:
+        return "more models than ever" if not np.isfinite(estimate) else f"{estimate:,.0f} models"
+
+    levels = "; ".join(f"LDS {level} needs {needs(s['estimate'])}" for level, s in fc["models_for"].items())
+    return _section("Live LDS and forecast",
+                    f"LDS measured every {int(n[1] - n[0]):,} fitting models while the sweep ran (a sample of "
+                    f"{records[-1]['num_targets']} targets, the store's held-out models), and the learning curve "
+                    f"fitted through it. Forecast limit {fc['limit']['estimate']:.3f}; doubling to "
+                    f"{2 * fc['num_fit_models']:,} models would gain {fc['gain_from_doubling']['estimate']:+.4f}. "
+                    f"{html.escape(levels)}.", _img(fig, "live LDS and forecast"))
 
 
 def _learning_curve(run: Run, progress: bool, force: bool) -> str:

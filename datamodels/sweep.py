@@ -14,6 +14,7 @@ directory the first time one of its tasks needs them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -30,6 +31,8 @@ from . import config as config_lib
 from . import hardware
 from .errors import DatamodelsError
 from .store import Store, model_seed
+
+log = logging.getLogger("datamodels")
 
 DATA_FILES = ("train.beton", "test.beton", "meta.json")
 
@@ -269,15 +272,26 @@ def _connect(address: Optional[str]) -> bool:
     return True
 
 
-def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) -> dict:
+def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
+          until_lds: Optional[float] = None, until_gain: Optional[float] = None) -> dict:
     """Train all models the config asks for into ``<out>/store``; returns a summary.
 
     ``address`` (or ``sweep.address``) connects to an existing Ray cluster; otherwise a local
-    Ray instance is started for the run and stopped after it.
+    Ray instance is started for the run and stopped after it.  Held-out (evaluation) models are
+    trained first; every ``sweep.checkpoint_every`` fitting models the live LDS is measured
+    (``datamodels.checkpoints``).  ``until_lds`` / ``until_gain`` (or ``sweep.until_lds`` /
+    ``sweep.until_gain``) stop the sweep early once the live LDS reaches that level, or once the
+    forecast gain from doubling the models falls below it; the summary's ``stopped`` says why.
     """
+    from .checkpoints import LiveLDS, interval
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)
+    if until_lds is not None or until_gain is not None:
+        values = config_lib.to_dict(cfg)
+        values["sweep"].update({k: v for k, v in (("until_lds", until_lds), ("until_gain", until_gain))
+                                if v is not None})
+        cfg = config_lib.from_dict(values)
     check_reachable(address or cfg.sweep.address)  # before the store grows, not after
     data_dir = prepare(cfg, progress=progress)
     meta = read_meta(data_dir)
@@ -291,23 +305,52 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True) 
         todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
         summary = {"store": str(store.path), "num_models": store.num_models,
                    "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {},
-                   "retried": 0, "timed_out": 0}
+                   "retried": 0, "timed_out": 0, "stopped": None}
         tasks = [(rows, np.asarray(store.masks[rows]), _seeds(store.seed, rows))
                  for rows in pack_tasks(todo, models_per_task)]
+        # Held-out models first, so the live LDS can be scored from the first checkpoint on
+        # (a stable sort: within each part, the row order of an undisturbed sweep).
+        is_eval = store.is_eval
+        tasks.sort(key=lambda task: not is_eval[task[0]].any())
+        task_masks = {int(rows[0]): masks for rows, masks, _ in tasks}
+        every = interval(s)
+        live = None
+        if every and store.num_eval >= 2:
+            live = LiveLDS(store, cfg, every)
+            if live.stop:  # a rerun of a sweep that stopped: nothing more to train
+                tasks = [t for t in tasks if is_eval[t[0]].any()]
 
         def on_result(rows, margins):
             store.write(rows, margins)
             store.clear_failures(rows)
             summary["trained"] += len(rows)
+            if live is not None:
+                live.add(rows, task_masks[int(rows[0])], margins)
 
         def on_failure(rows, message):
             store.record_failures({int(i): message for i in rows})
             summary["failed"].update({int(i): message for i in rows})
 
+        def postfix():
+            latest = live.latest if live is not None else None
+            return {"lds": f"{latest['lds']:.3f}@{latest['num_fit_models']}"} if latest else {}
+
         if tasks:
             with ray_session(address or s.address):
                 summary.update(execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress,
-                                       desc="sweep", worker=worker))
+                                       desc="sweep", worker=worker,
+                                       should_stop=lambda: live is not None and live.stop is not None,
+                                       postfix=postfix))
+        if live is not None:
+            problem = live.finish(final=not summary["failed"])
+            summary["stopped"] = live.stop
+            if problem:
+                log.warning("%s", problem)
+                summary["checkpoint_error"] = problem
+            summary["checkpoints"] = len(live.records)
+            summary["checkpoint_solve_s"] = round(live.solve_s, 3)
+            if live.history:
+                summary["live_lds"] = {k: live.history[-1][k] for k in ("num_fit_models", "lds", "quantiles")}
     summary["wall_s"] = time.time() - started
     if summary["failed"]:
         rows = sorted(summary["failed"])
@@ -377,14 +420,18 @@ def ray_session(address: Optional[str]):
 
 def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_dir: Path, num_targets: int,
             on_result: Callable, on_failure: Callable, progress: bool, desc: str,
-            worker: Optional[dict] = None) -> Dict[str, int]:
+            worker: Optional[dict] = None, should_stop: Optional[Callable[[], bool]] = None,
+            postfix: Optional[Callable[[], dict]] = None) -> Dict[str, int]:
     """Run ``(rows, masks, seeds)`` tasks on Ray with bounded submissions, handing each result
     (or final failure) to the driver's callbacks as it arrives.  ``worker``: the settings the
     tasks run with (``resolve_worker``'s); by default the config's.
 
     The driver owns the retry policy: a task that raises, returns junk, dies with its worker
     or node, or runs past ``sweep.task_timeout_s`` is resubmitted up to ``sweep.max_retries``
-    times, then reported to ``on_failure``.  Returns counts of tasks retried and timed out."""
+    times, then reported to ``on_failure``.  Once ``should_stop()`` is true no more tasks are
+    submitted and the ones in flight are let finish (a clean early stop: every completed row is
+    kept).  ``postfix()``: extra fields for the progress bar.  Returns counts of tasks retried
+    and timed out."""
     import ray
 
     s = cfg.sweep
@@ -421,6 +468,8 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
 
     try:
         while pending or in_flight:
+            if pending and should_stop is not None and should_stop():
+                pending.clear()
             while pending and len(in_flight) < max_in_flight:
                 submit(pending.pop())
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0 if s.task_timeout_s else None)
@@ -433,6 +482,8 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
                 else:
                     on_result(task[0], margins)
                     bar.update(len(task[0]))
+                    if postfix is not None:
+                        bar.set_postfix(postfix(), refresh=False)
             if s.task_timeout_s:
                 # Measured from submission: at most 2x the task slots are submitted, so a task
                 # waits in Ray's queue for at most about one task's time before it starts.

@@ -1,0 +1,166 @@
+"""Live LDS during the sweep: checkpoints, the forecast and the stop rules."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from datamodels import checkpoints as live
+from datamodels import config as config_lib
+from datamodels.errors import DatamodelsError
+from datamodels.evaluate import spearman
+from datamodels.fit import _solve, _Stats
+from datamodels.store import Store
+from datamodels.sweep import sweep
+
+
+def live_config(run_config, **sweep_settings):
+    # Few solver iterations: with fewer models than training examples a converged path takes
+    # seconds, and these tests are about the bookkeeping.
+    return dict(run_config, sweep=dict(run_config["sweep"], num_models=160, num_eval_models=20, checkpoint_every=40,
+                                       checkpoint_targets=30, models_per_task=10, **sweep_settings),
+                fit=dict(run_config["fit"], max_iter=30))
+
+
+def offline_checkpoint(store: Store, record: dict, n: int, cfg) -> np.ndarray:
+    """Per-target LDS at n fitting models recomputed from the store alone, cold: the first n
+    fitting rows, the per-row validation split, the recorded targets."""
+    cols = np.array(record["settings"]["targets"])
+    fit_rows = store.rows("fit", completed_only=False)[:n]
+    eval_rows = store.rows("eval")
+    actual = np.asarray(store.margins[eval_rows], dtype=np.float64)[:, cols]
+    offset = actual.mean(axis=0)
+    is_val = np.random.default_rng(cfg.seed).random(store.num_models)[fit_rows] < cfg.fit.val_fraction
+    x = torch.from_numpy(np.asarray(store.masks[fit_rows]))
+    y = torch.from_numpy(np.asarray(store.margins[fit_rows], dtype=np.float64)[:, cols] - offset)
+    v = torch.from_numpy(is_val)
+    train, val = _Stats.zeros(store.num_train, len(cols), torch.float32, "cpu"), \
+        _Stats.zeros(store.num_train, len(cols), torch.float32, "cpu")
+    train.add(x[~v], y[~v])
+    val.add(x[v], y[v])
+    params = {k: record["settings"][k] for k in ("num_lambdas", "lambda_min_ratio", "max_iter", "tol")}
+    dm = _solve(train, val, offset, params, torch.device("cpu"), False)
+    predicted = np.asarray(store.masks[eval_rows], dtype=np.float32) @ dm["weight"] + dm["bias"]
+    return spearman(predicted, actual)
+
+
+def test_checkpoints_are_logged_and_match_a_refit_from_the_store(run_config, ray_local):
+    cfg = live_config(run_config)
+    summary = sweep(cfg, progress=False)
+    store = Store(summary["store"])
+    records = live.read_log(store.path)
+    assert [r["num_fit_models"] for r in records] == [40, 80, 120, 160]
+    assert summary["checkpoints"] == 4 and summary["live_lds"]["num_fit_models"] == 160
+    for r in records:
+        assert r["num_targets"] == 30 and len(r["per_target"]) == 30 and r["num_eval_models"] == 20
+        assert set(r["quantiles"]) == {"p10", "p50", "p90"} and r["quantiles"]["p10"] <= r["quantiles"]["p90"]
+    # A checkpoint is a function of the store alone (the first n fitting rows, whatever order the
+    # tasks finished in): recomputed from the finished store, every record is the same.
+    replayed = live.replay(store, cfg)
+    assert [r["per_target"] for r in replayed] == [r["per_target"] for r in records]
+    # The first checkpoint, rebuilt here from the rows by hand (cold, as fit solves), agrees to
+    # the 5 decimals logged: the live machinery folds the rows it should.
+    first = offline_checkpoint(store, records[0], 40, config_lib.coerce(cfg))
+    logged = np.array([np.nan if v is None else v for v in records[0]["per_target"]])
+    assert np.allclose(logged, first, atol=1e-5, rtol=0, equal_nan=True)
+    # More models, better datamodels (on this tiny problem: 3-epoch 16-unit MLPs).
+    assert records[-1]["lds"] > records[0]["lds"]
+
+
+def store_path(summary):
+    return Store(summary["store"]).path
+
+
+def test_until_lds_stops_at_the_first_checkpoint_reaching_it_and_resumes(tmp_path, run_config, ray_local):
+    # Tasks sleep a little, so that the sweep is still running when a checkpoint is solved:
+    # tiny models otherwise finish every task first.
+    run_config = dict(run_config, worker=dict(run_config["worker"], name="flaky_worker", sleep=1.0))
+    reference = live.read_log(store_path(sweep(live_config(run_config), progress=False)))
+    level = reference[1]["lds"] - 1e-9  # reached at the second checkpoint, not at the first
+    assert reference[0]["lds"] < level
+    out = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "run" / "data", out / "data")
+    cfg = dict(live_config(run_config), out=str(out))
+    summary = sweep(cfg, progress=False, until_lds=level)
+    assert summary["stopped"] and "sweep.until_lds" in summary["stopped"]
+    records = live.read_log(out / "store")
+    assert [r["num_fit_models"] for r in records] == [40, 80]
+    store = Store(out / "store")
+    # Held-out models came first, and the sweep stopped short of its 160 fitting models: it let
+    # the tasks in flight finish (2 slots x 2 submitted x 10 models at most, while the
+    # checkpoint was solved) and no more.
+    assert len(store.rows("eval")) == 20
+    assert 80 <= len(store.rows("fit")) < 160
+    # The same command again trains nothing more; without the rule the store resumes to the end,
+    # and its log is the undisturbed sweep's, to the last digit.
+    again = sweep(cfg, progress=False, until_lds=level)
+    assert again["trained"] == 0 and again["stopped"]
+    done = sweep(cfg, progress=False)
+    assert done["stopped"] is None and len(Store(out / "store").rows("fit")) == 160
+    resumed = live.read_log(out / "store")
+    assert [r["num_fit_models"] for r in resumed] == [40, 80, 120, 160]
+    assert [r["per_target"] for r in resumed] == [r["per_target"] for r in reference]
+
+
+def test_forecast_recovers_a_planted_learning_curve():
+    rng = np.random.default_rng(0)
+    a, b, c = 0.9, 3.0, 0.8
+    n = np.arange(250, 2001, 250)
+    # 200 targets whose LDS follows the curve with target-to-target scatter of 0.05
+    offsets = rng.normal(0, 0.05, 200)
+    records = [{"num_fit_models": int(m), "lds": float(np.mean(a - b * m ** -c + offsets)),
+                "per_target": list(a - b * m ** -c + offsets), "settings_key": "k", "time": float(i),
+                "sweep_started": 0.0} for i, m in enumerate(n)]
+    fc = live.forecast(records, levels=[0.85], budgets=[10000])
+    assert fc["curve"]["a"] == pytest.approx(a, abs=1e-3) and fc["curve"]["c"] == pytest.approx(c, abs=0.02)
+    truth = (b / (a - 0.85)) ** (1 / c)
+    assert fc["models_for"]["0.85"]["estimate"] == pytest.approx(truth, rel=0.05)
+    lo, hi = fc["models_for"]["0.85"]["band"]
+    assert lo < truth < hi  # the band over targets covers the truth
+    assert fc["lds_at"]["10000"]["estimate"] == pytest.approx(a - b * 10000 ** -c, abs=2e-3)
+    assert fc["gain_from_doubling"]["estimate"] == pytest.approx(b * 2000 ** -c * (1 - 2 ** -c), rel=0.05)
+    assert fc["rate_models_per_s"] == pytest.approx(250.0)
+    # A level above the curve's limit is never reached.
+    assert live.forecast(records, levels=[0.95])["models_for"]["0.95"]["estimate"] == float("inf")
+
+
+def test_until_gain_stops_once_doubling_would_gain_little():
+    n = [40, 80, 120]
+    flat = [{"num_fit_models": m, "lds": 0.80 - 0.2 / m, "settings_key": "k"} for m in n]
+    assert live.stop_reason(flat, None, until_gain=0.01) is not None  # doubling 120 gains ~0.0008
+    steep = [{"num_fit_models": m, "lds": 0.80 - 40 / m, "settings_key": "k"} for m in n]
+    assert live.stop_reason(steep, None, until_gain=0.01) is None
+    assert live.stop_reason(steep[:2], None, until_gain=0.5) is None  # needs three checkpoints
+
+
+def test_status_prints_the_live_lds_and_forecast(tmp_path, run_config, ray_local, capsys):
+    from datamodels.cli import main
+
+    summary = sweep(live_config(run_config), progress=False)
+    assert main(["status", summary["store"], "--lds", "0.99", "--budget", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "live LDS" in out and "at 160 fitting models" in out and "LDS 0.99" in out and "at 1,000 fitting" in out
+    assert main(["status", summary["store"], "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert len(status["live"]["checkpoints"]) == 4 and status["live"]["forecast"]["num_checkpoints"] == 4
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"until_lds": 0.0}, "sweep.until_lds must be in (0, 1)"),
+    ({"until_gain": 2.0}, "sweep.until_gain must be in (0, 1)"),
+    ({"checkpoint_every": 10}, "sweep.checkpoint_every must be 0 (off), >= 20"),
+    ({"checkpoint_every": 0, "until_lds": 0.8}, "sweep.until_lds needs live LDS checkpoints"),
+    ({"num_eval_models": 0, "until_lds": 0.8}, "sweep.until_lds needs held-out models"),
+    ({"num_models": 150, "until_lds": 0.8}, "too short for the default checkpoint interval"),
+])
+def test_bad_live_settings_name_the_setting(run_config, overrides, message):
+    with pytest.raises(DatamodelsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_lib.from_dict(dict(run_config, sweep=dict(run_config["sweep"], **overrides)))
+
+
+def test_default_interval_scales_with_the_sweep():
+    cfg = config_lib.load(None, [])
+    assert live.interval(cfg.sweep) == 500  # the digits default: 10,000 fitting models
+    small = config_lib.load(None, ["sweep.num_models=150"])
+    assert live.interval(small.sweep) == 0  # too short for two checkpoints: off, silently
