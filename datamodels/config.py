@@ -48,7 +48,7 @@ class SweepConfig:
     address: Optional[str] = None  # existing Ray cluster; None starts a local one
     margins_dtype: str = "float32"
     # Live LDS (datamodels.checkpoints): refit and score every this many fitting models;
-    # None: about 1/20 of the sweep (at least 100); 0: off.
+    # None: about 1/10 of the sweep (at least 100); 0: off.
     checkpoint_every: Optional[int] = None
     checkpoint_targets: int = 100  # targets sampled for the live LDS; 0: all
     until_lds: Optional[float] = None  # stop once a checkpoint's LDS reaches this

@@ -283,7 +283,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
     ``sweep.until_gain``) stop the sweep early once the live LDS reaches that level, or once the
     forecast gain from doubling the models falls below it; the summary's ``stopped`` says why.
     """
-    from .checkpoints import LiveLDS, interval
+    from .checkpoints import Monitor, interval
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)
@@ -312,11 +312,10 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
         # (a stable sort: within each part, the row order of an undisturbed sweep).
         is_eval = store.is_eval
         tasks.sort(key=lambda task: not is_eval[task[0]].any())
-        task_masks = {int(rows[0]): masks for rows, masks, _ in tasks}
         every = interval(s)
         live = None
         if every and store.num_eval >= 2:
-            live = LiveLDS(store, cfg, every)
+            live = Monitor(store, cfg, every)
             if live.stop:  # a rerun of a sweep that stopped: nothing more to train
                 tasks = [t for t in tasks if is_eval[t[0]].any()]
 
@@ -325,7 +324,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
             store.clear_failures(rows)
             summary["trained"] += len(rows)
             if live is not None:
-                live.add(rows, task_masks[int(rows[0])], margins)
+                live.add(rows)
 
         def on_failure(rows, message):
             store.record_failures({int(i): message for i in rows})
@@ -335,12 +334,17 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
             latest = live.latest if live is not None else None
             return {"lds": f"{latest['lds']:.3f}@{latest['num_fit_models']}"} if latest else {}
 
-        if tasks:
-            with ray_session(address or s.address):
-                summary.update(execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress,
-                                       desc="sweep", worker=worker,
-                                       should_stop=lambda: live is not None and live.stop is not None,
-                                       postfix=postfix))
+        try:
+            if tasks:
+                with ray_session(address or s.address):
+                    summary.update(execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress,
+                                           desc="sweep", worker=worker,
+                                           should_stop=lambda: live is not None and live.stop is not None,
+                                           postfix=postfix))
+        except BaseException:
+            if live is not None:
+                live.close()
+            raise
         if live is not None:
             problem = live.finish(final=not summary["failed"])
             summary["stopped"] = live.stop
