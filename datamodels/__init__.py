@@ -6,6 +6,7 @@ The Python API mirrors the command line, one function per stage::
     cfg = datamodels.load_config("configs/digits.yaml", ["sweep.num_models=2000"])
     datamodels.prepare(cfg)                       # FFCV .beton files in <out>/data
     datamodels.sweep(cfg)                         # trained models' margins in <out>/store
+    datamodels.live_lds("runs/digits/store")      # the sweep's live LDS checkpoints and forecast
     dm = datamodels.fit("runs/digits/store", "runs/digits/datamodels.npz")
     datamodels.lds("runs/digits/store", dm)       # {"lds": ..., "per_target": ...}
     datamodels.top(dm, target=3), datamodels.nearest(dm, target=3)
@@ -22,11 +23,12 @@ from .config import load as load_config
 from .store import Store
 from .prepare import prepare
 from .sweep import sweep
+from .checkpoints import live_lds
 from .fit import fit, predict
 from .evaluate import lds
 from .query import top, nearest
 from .pipeline import run
 from .report import report
 
-__all__ = ["DatamodelsError", "load_config", "Store", "prepare", "sweep", "fit", "predict", "lds", "top",
+__all__ = ["DatamodelsError", "load_config", "Store", "prepare", "sweep", "live_lds", "fit", "predict", "lds", "top",
            "nearest", "run", "report"]

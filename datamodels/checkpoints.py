@@ -6,14 +6,17 @@ as it goes:
 
 * **Held-out models first.**  The sweep trains the store's evaluation rows before its fitting
   rows (``datamodels.sweep``), so LDS can be scored from the first checkpoint on.
-* **Checkpoints.**  Every ``sweep.checkpoint_every`` fitting models, :class:`LiveLDS` folds the
-  rows that arrived since the last checkpoint into the same sufficient statistics ``fit``
-  uses (never re-reading a folded row), solves the λ path for a fixed random sample of
-  ``sweep.checkpoint_targets`` targets, and scores LDS on the held-out models.  A checkpoint
-  at n uses exactly the first n fitting rows of the store, whatever order the tasks finished
-  in, and a fixed per-row validation split, so its result depends on the store alone: a
-  resumed or repeated sweep logs the same numbers.  The solve runs in a driver thread with one
-  torch thread while the tasks keep training.  Records go to ``STORE/checkpoints.jsonl``.
+* **Checkpoints.**  Every ``sweep.checkpoint_every`` fitting models (default: a tenth of the
+  sweep), the rows that arrived since the last checkpoint are folded into the same sufficient
+  statistics ``fit`` uses (never re-reading a folded row), the λ path is solved for a fixed
+  sample of ``sweep.checkpoint_targets`` targets (stratified by their margins' spread on the
+  held-out models), warm-started from the previous checkpoint, and LDS is scored on the
+  held-out models.  A checkpoint at n uses exactly the first n fitting rows of the store,
+  whatever order the tasks finished in, and a fixed per-row validation split, so its result
+  depends on the store alone: a resumed sweep logs what an undisturbed one does, to the last
+  bit, and :func:`replay` recomputes a log from a finished store.  The solves run in a driver
+  thread at the lowest CPU priority while the tasks keep training.  Records go to
+  ``STORE/checkpoints.jsonl``.
 * **Forecast.**  :func:`forecast` fits the learning curve LDS(n) = a − b·n^(−c) to the
   checkpoints (the estimation error of a regression from n samples shrinks like a power of
   n; on the digits default, c ≈ 0.9 over 100 to 10,000 models) and reads off the models
@@ -30,6 +33,8 @@ import hashlib
 import json
 import math
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -46,9 +51,14 @@ WARM = "checkpoints_warm.npz"
 # a fraction of a fit; ten, on 50 targets, cost a few percent of the digits default's sweep.
 AUTO_CHECKPOINTS = 10
 MIN_INTERVAL = 100
-# Checkpoints solve at this many times fit.tol: a third less work, LDS lower by at most ~0.003
-# on the digits default (a rank correlation barely moves with weights a little less converged).
+# A checkpoint is an estimate, made cheaply (each of these cut its CPU time by a quarter or more
+# on the digits default): the solver at 10x fit.tol; the path stopped 2 steps past the
+# validation minimum rather than 4; and no refit on the validation rows, so a checkpoint at n
+# scores the datamodels of its 0.9n training rows.  Together they put its LDS at most ~0.005
+# below that of `fit` on the same n models (a rank correlation barely moves with weights a
+# little less converged), a bias that every checkpoint shares.
 TOL_FACTOR = 10
+SOLVE = {"refit": False, "patience": 2}
 BAND = (10, 90)  # percentiles of the bootstrap shown as the forecast's band
 LEVELS = (0.8, 0.85, 0.9, 0.95)  # LDS levels `datamodels status` forecasts when none is given
 
@@ -112,7 +122,7 @@ class LiveLDS:
     """The checkpoints of one store: ``checkpoint(n)`` folds the first n fitting rows into the
     statistics (those not folded yet, read once from the store), solves, scores and logs.
 
-    The sweep runs this in a child process (:class:`Monitor`); ``replay`` runs it here."""
+    The sweep runs this in a driver thread (:class:`Monitor`); ``replay`` runs it in the caller."""
 
     def __init__(self, store: Store, cfg, every: int, log: bool = True):
         from .fit import gram_kernel
@@ -223,7 +233,7 @@ class LiveLDS:
         from .evaluate import spearman
         from .fit import _solve
 
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu = time.perf_counter(), time.thread_time()
         if self.eval is None:
             masks = np.asarray(self.store.masks[self.eval_rows], dtype=np.float32)
             actual = np.asarray(self.store.margins[self.eval_rows], dtype=np.float64)
@@ -238,13 +248,13 @@ class LiveLDS:
             raise DatamodelsError(f"a checkpoint at {n} fitting models has {self.train.n} training and "
                                   f"{self.val.n} validation models; raise sweep.checkpoint_every")
         dm = _solve(self.train.copy(), self.val.copy(), self.offset, self.params, torch.device("cpu"), False,
-                    warm=self.warm)
+                    warm=self.warm, **SOLVE)
         # The next checkpoint's path starts near this one's choice, from its solution.
         self.warm = {"weight": dm["weight"], "path_index": dm["path_index"]}
         predicted = self.eval[0] @ dm["weight"] + dm["bias"]
         per_target = spearman(predicted, self.eval[1])
         defined = per_target[np.isfinite(per_target)]
-        solve_s, cpu = time.perf_counter() - started, time.process_time() - cpu
+        solve_s, cpu = time.perf_counter() - started, time.thread_time() - cpu
         record = {
             "num_fit_models": int(n),
             "lds": float(defined.mean()) if len(defined) else float("nan"),
@@ -273,18 +283,16 @@ class LiveLDS:
 
 class Monitor:
     """The sweep's side of the live LDS: it follows which rows are complete and hands each due
-    checkpoint, one at a time, to a child process that runs :class:`LiveLDS` with one torch
-    thread at the lowest CPU priority, so that the solves take the cores' idle moments and leave
-    the tasks theirs.  A process, not a thread of the driver: a low-priority thread holding the
-    driver's GIL would stall task dispatch whenever the scheduler preempts it.  After each record
-    the config's stop rules are checked (``stop``: why the sweep should stop; set at the start
-    too when the log already satisfies a rule)."""
+    checkpoint, one at a time, to a driver thread that runs :class:`LiveLDS` with one torch
+    thread at the lowest CPU priority (Linux schedules each thread by its own nice value), so
+    that the solves take the cores' idle moments and leave the tasks theirs.  A thread, not a
+    child process: a spawned process would import torch again (two CPU-seconds) and would re-run
+    the user's script unless it has a ``__main__`` guard.  After each record the config's stop
+    rules are checked (``stop``: why the sweep should stop; set at the start too when the log
+    already satisfies a rule)."""
 
     def __init__(self, store: Store, cfg, every: int):
-        from . import config as config_lib
-
-        self.live = LiveLDS(store, cfg, every)  # the settings and the log so far; it solves nothing here
-        self.config, self.store_path = config_lib.to_dict(cfg), str(store.path)
+        self.live = LiveLDS(store, cfg, every)
         self.completed = np.asarray(store.completed, dtype=bool).copy()
         self.ready = 0
         self.history = list(self.live.history)
@@ -296,10 +304,11 @@ class Monitor:
         self.started = time.time()
         self._asked: Optional[int] = None  # the checkpoint being solved
         self._last = 0  # the latest checkpoint asked for
-        self._child = self._conn = None
+        self._thread: Optional[threading.Thread] = None
+        self._requests: "queue.Queue[Optional[int]]" = queue.Queue()
+        self._results: "queue.Queue[dict]" = queue.Queue()
+        self._threads_before: Optional[int] = None
         self._advance()
-        if not self.stop:
-            self._start()  # now: its imports take seconds, while the held-out models train
 
     def add(self, rows: np.ndarray) -> None:
         """Rows just written to the store."""
@@ -320,27 +329,31 @@ class Monitor:
         """Take a finished checkpoint's record, if there is one (``wait``: wait for it), and ask
         for the next due one."""
         if self._asked is not None:
-            if not (wait or self._conn.poll()):
+            try:
+                self._receive(self._results.get(block=wait))
+            except queue.Empty:
                 return
-            self._receive()
         if self._asked is None and not self.stop and self.error is None:
             self._ask()
 
     def _ask(self, final: bool = False) -> bool:
-        if self._child is None or not self._eval_complete():
+        if not self._eval_complete():
             return False
         n = self.live.next_due(self.ready, final=final, after=self._last)
         if n is None:
             return False
-        self._conn.send(n)
+        if self._thread is None:
+            import torch
+
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)  # process-wide: the driver's own thread does no torch work meanwhile
+            self._thread = threading.Thread(target=self._serve, name="datamodels-checkpoints", daemon=True)
+            self._thread.start()
+        self._requests.put(n)
         self._asked, self._last = n, n
         return True
 
-    def _receive(self) -> None:
-        try:
-            message = self._conn.recv()
-        except (EOFError, OSError):
-            message = {"error": "the checkpoint process died"}
+    def _receive(self, message: dict) -> None:
         self._asked = None
         if "error" in message:
             self.error = message["error"]
@@ -351,16 +364,18 @@ class Monitor:
         self.solve_s += message["cpu_s"]
         self.stop = self.stop or stop_reason(self.history, *self.live.rules)
 
-    def _start(self) -> None:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # no fork of a driver that may run Ray's threads
-        self._conn, child_end = context.Pipe()
-        self._child = context.Process(target=_serve, args=(self.store_path, self.config, self.live.every,
-                                                           self.started, child_end),
-                                      name="datamodels-checkpoints", daemon=True)
-        self._child.start()
-        child_end.close()
+    def _serve(self) -> None:
+        """The checkpoint thread: solve each n asked for, hand back its record."""
+        _lowest_priority()
+        while True:
+            n = self._requests.get()
+            if n is None:
+                return
+            try:
+                self._results.put(self.live.checkpoint(n, self.started))
+            except Exception as exc:  # reported by the driver; the sweep goes on
+                self._results.put({"error": f"{type(exc).__name__}: {exc}"})
+                return
 
     def finish(self, final: bool = True) -> Optional[str]:
         """Wait for the checkpoint in progress; unless a stop rule fired, solve the remaining due
@@ -377,40 +392,24 @@ class Monitor:
         return f"live LDS checkpoint failed: {self.error}" if self.error else None
 
     def close(self) -> None:
-        """End the checkpoint process (a checkpoint it is solving is dropped; its log stays whole)."""
-        if self._child is None:
+        """End the checkpoint thread once it is done with the checkpoint in progress."""
+        if self._thread is None:
             return
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass
-        self._child.join(timeout=0.5 if self._asked is not None else 60)
-        if self._child.is_alive():
-            self._child.terminate()
-            self._child.join()
-        self._conn.close()
-        self._child = None
+        import torch
+
+        self._requests.put(None)
+        self._thread.join()
+        self._thread = None
+        torch.set_num_threads(self._threads_before)
 
 
-def _serve(store_path: str, config: dict, every: int, started: float, conn) -> None:
-    """The checkpoint process: solve each n the driver sends, send back its record."""
-    os.nice(19)
-    import torch
-
-    from . import config as config_lib
-
-    torch.set_num_threads(1)
-    live = LiveLDS(Store(store_path), config_lib.from_dict(config), every)
-    while True:
-        n = conn.recv()
-        if n is None:
-            return
-        try:
-            record = live.checkpoint(n, started)
-        except Exception as exc:  # reported by the driver; the sweep goes on
-            conn.send({"error": f"{type(exc).__name__}: {exc}"})
-            return
-        conn.send(record)
+def _lowest_priority() -> None:
+    """Nice 19 for the calling thread (Linux: a thread's id names it to setpriority); elsewhere
+    nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 def replay(store, config, every: Optional[int] = None) -> List[dict]:
@@ -548,7 +547,7 @@ def _rate(points: List[dict]) -> Optional[float]:
     return (latest[-1]["num_fit_models"] - latest[0]["num_fit_models"]) / (latest[-1]["time"] - latest[0]["time"])
 
 
-def checkpoints(store, levels: Sequence[float] = (), budgets: Sequence[int] = (),
+def live_lds(store, levels: Sequence[float] = (), budgets: Sequence[int] = (),
                 curve_to: Optional[int] = None) -> dict:
     """The checkpoint log of ``store`` (a path or Store) and the forecast from it: the Python
     side of ``datamodels status``.  Returns ``{"checkpoints": [...], "forecast": {...}}``, the

@@ -45,7 +45,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .checkpoints import checkpoints, describe
+    from .checkpoints import describe, live_lds
     from .store import Store
 
     store = Store(args.store)
@@ -56,7 +56,7 @@ def cmd_status(args) -> int:
     for budget in args.budget or ():
         if budget < 1:
             raise DatamodelsError(f"--budget must be a positive number of fitting models, got {budget}")
-    live = checkpoints(store, levels=args.lds or (), budgets=args.budget or ())
+    live = live_lds(store, levels=args.lds or (), budgets=args.budget or ())
     if args.json:
         _print_json({**s, "live": live})
     else:

@@ -191,7 +191,7 @@ def _check_writable(path) -> None:
 
 # ---- the path, choice of λ and refit, from sufficient statistics -----------------------------------
 def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: bool,
-           warm: Optional[dict] = None) -> dict:
+           warm: Optional[dict] = None, refit: bool = True, patience: int = _PATIENCE) -> dict:
     """Everything after reading the store; a pure function of the statistics, so target
     slices can be solved anywhere and put side by side.
 
@@ -259,7 +259,7 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
         # Early stop: a target whose validation error has not improved for _PATIENCE steps is
         # past its minimum, and the rest of its path (the densest, slowest solves) cannot be
         # chosen unless the error curve turns down again; its val_mse_path there stays NaN.
-        keep = (k - best_k[act]) < (_PATIENCE if warm is None else _WARM_PATIENCE)
+        keep = (k - best_k[act]) < (patience if warm is None else min(patience, _WARM_PATIENCE))
         if not bool(keep.all()):
             act, W, W_prev, R, C = act[keep], W[:, keep], W_prev[:, keep], R[:, keep], C[:, keep]
             if len(act) == 0:
@@ -269,7 +269,11 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
     lam_best = lam_path.gather(0, best_k[None]).squeeze(0)
     del solver, valid  # the path's Grams: the refit builds its own
     prob.G = None
-    weight, bias, refit_converged = _refit(everything, prob, best_w, lam_best, dtype, tol, max_iter)
+    if refit:
+        weight, bias, refit_converged = _refit(everything, prob, best_w, lam_best, dtype, tol, max_iter)
+    else:  # the training rows' solution, in mask units
+        weight = best_w.double() * prob.scale[:, None]
+        bias, refit_converged = prob.my - prob.mx @ weight, torch.ones(T, dtype=torch.bool, device=dev)
     bar.update(1)
     bar.close()
     bias = bias + torch.as_tensor(offset, device=dev)

@@ -231,12 +231,12 @@ def _accuracy(run: Run, scores: Optional[dict]) -> str:
 
 def _live_lds(run: Run) -> str:
     """The sweep's checkpoints and the learning curve forecast through them, with its band."""
-    from .checkpoints import _curve_at, checkpoints, comparable, read_log
+    from .checkpoints import _curve_at, comparable, live_lds, read_log
 
     records = comparable(read_log(run.store.path))
     if len(records) < 2:
         return ""
-    result = checkpoints(run.store, curve_to=4 * records[-1]["num_fit_models"])
+    result = live_lds(run.store, curve_to=4 * records[-1]["num_fit_models"])
     fc = result["forecast"]
     n = np.array([r["num_fit_models"] for r in records], dtype=np.float64)
     y = np.array([r["lds"] for r in records])

@@ -49,7 +49,7 @@ def offline_checkpoint(store: Store, record: dict, n: int, cfg) -> np.ndarray:
     train.add(x[~v], y[~v])
     val.add(x[v], y[v])
     params = {k: record["settings"][k] for k in ("num_lambdas", "lambda_min_ratio", "max_iter", "tol")}
-    dm = _solve(train, val, offset, params, torch.device("cpu"), False)
+    dm = _solve(train, val, offset, params, torch.device("cpu"), False, **live.SOLVE)
     predicted = np.asarray(store.masks[eval_rows], dtype=np.float32) @ dm["weight"] + dm["bias"]
     return spearman(predicted, actual)
 
@@ -68,7 +68,7 @@ def test_checkpoints_are_logged_and_match_a_refit_from_the_store(run_config, ray
     # tasks finished in): recomputed from the finished store, every record is the same.
     replayed = live.replay(store, cfg)
     assert [r["per_target"] for r in replayed] == [r["per_target"] for r in records]
-    # The first checkpoint, rebuilt here from the rows by hand (cold, as fit solves), agrees to
+    # The first checkpoint, rebuilt here from the rows by hand (cold), agrees to
     # the 5 decimals logged: the live machinery folds the rows it should.
     first = offline_checkpoint(store, records[0], 80, config_lib.coerce(cfg))
     logged = np.array([np.nan if v is None else v for v in records[0]["per_target"]])
