@@ -209,7 +209,8 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
     valid = _Validation(prob, val, dtype)
     everything = train.absorb(val)  # for the refit; frees the validation XᵀX early
     del train, val
-    solver = _Lasso(prob.G, tol=tol * _PATH_TOL_FACTOR, max_iter=max_iter)
+    # Without a refit the path's solution is the answer: solved to ``tol`` itself.
+    solver = _Lasso(prob.G, tol=tol * (_PATH_TOL_FACTOR if refit else 1), max_iter=max_iter)
 
     N, T = prob.C.shape
     lam_max = prob.C.abs().amax(dim=0).double()
@@ -267,13 +268,15 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
                 break
 
     lam_best = lam_path.gather(0, best_k[None]).squeeze(0)
+    if not refit:
+        refit_converged = torch.ones(T, dtype=torch.bool, device=dev)
     del solver, valid  # the path's Grams: the refit builds its own
     prob.G = None
     if refit:
         weight, bias, refit_converged = _refit(everything, prob, best_w, lam_best, dtype, tol, max_iter)
-    else:  # the training rows' solution, in mask units
+    else:  # in mask units
         weight = best_w.double() * prob.scale[:, None]
-        bias, refit_converged = prob.my - prob.mx @ weight, torch.ones(T, dtype=torch.bool, device=dev)
+        bias = prob.my - prob.mx @ weight
     bar.update(1)
     bar.close()
     bias = bias + torch.as_tensor(offset, device=dev)

@@ -68,10 +68,14 @@ def test_run_writes_a_self_contained_report(tiny_run):
     for alt, data in images:
         with Image.open(io.BytesIO(base64.b64decode(data))) as im:
             assert im.format == "PNG" and min(im.size) > 50, alt
-    for section in ("Predicted against actual margins", "Learning curve", "Most influential training examples",
+    for section in ("Predicted against actual margins", "Live LDS and forecast", "Learning curve",
+                    "Most influential training examples",
                     "Counterfactuals", "Brittle predictions", "Possible train-test leakage", "Datamodel embeddings"):
         assert section in page
     assert "learning curve" in [alt for alt, _ in images]  # 700 models >= 2 x 300 training examples
+    # The sweep's checkpoints (every 100 fitting models by default for 700) and their forecast.
+    assert "live LDS and forecast" in [alt for alt, _ in images]
+    assert "LDS measured every 100 fitting models" in page
     assert "Not yet checked by retraining" in page
 
 
