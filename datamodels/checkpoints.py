@@ -141,8 +141,8 @@ class LiveLDS:
         self.is_val = np.random.default_rng(int(cfg.seed)).random(store.num_models) < f.val_fraction
         self.params = dict(num_lambdas=int(f.num_lambdas), lambda_min_ratio=float(f.lambda_min_ratio),
                            max_iter=int(f.max_iter), tol=float(f.tol) * TOL_FACTOR)
-        self.settings = {"targets": f"{self.count} of {T}, stratified by held-out margin spread", "eval_rows": [int(self.eval_rows[0]), int(self.eval_rows[-1]),
-                                                                       len(self.eval_rows)] if len(self.eval_rows) else [],
+        eval_span = [int(self.eval_rows[0]), int(self.eval_rows[-1]), len(self.eval_rows)] if len(self.eval_rows) else []
+        self.settings = {"targets": f"{self.count} of {T}, stratified by held-out margin spread", "eval_rows": eval_span,
                          "val_fraction": float(f.val_fraction), "seed": int(cfg.seed), "every": self.every,
                          **self.params}
         self.key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -161,7 +161,7 @@ class LiveLDS:
         complete when the first ``ready`` fitting rows are; ``final``: also the last, partial one
         once every fitting row is complete."""
         floor = max(after, self.folded)
-        n = max(self.every, (floor // self.every + 1) * self.every if floor else self.every)
+        n = (floor // self.every + 1) * self.every
         while n in self.logged:
             n += self.every
         if n <= ready:
