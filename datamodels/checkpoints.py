@@ -48,7 +48,7 @@ LOG = "checkpoints.jsonl"
 WARM = "checkpoints_warm.npz"
 # Auto interval: about this many checkpoints per sweep, none closer than MIN_INTERVAL models
 # (below that the regression has too few models per validation split to mean much).  Each costs
-# a fraction of a fit; ten, on 50 targets, cost a few percent of the digits default's sweep.
+# a fraction of a fit: ten, on 100 targets, took about 5 CPU-seconds in the digits default's sweep.
 AUTO_CHECKPOINTS = 10
 MIN_INTERVAL = 100
 # A checkpoint is an estimate, made cheaply: the path solved at 10x fit.tol (fit solves its path
@@ -82,13 +82,14 @@ def read_log(store_path) -> List[dict]:
     if not path.exists():
         return []
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            if number == len(path.read_text().splitlines()):
+            if number == len(lines):
                 continue  # a record cut short by a crash mid-write: the checkpoint is redone
             raise DatamodelsError(f"{path}: line {number} is not JSON; delete the file to start the log afresh")
     return records
@@ -146,7 +147,8 @@ class LiveLDS:
                          "val_fraction": float(f.val_fraction), "seed": int(cfg.seed), "every": self.every,
                          **self.params}
         self.key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
-        # Checkpoints logged earlier with these settings (a resumed or grown sweep): not redone.
+        # Checkpoints logged before this object existed with these settings (a resumed or grown
+        # sweep): not redone.  Those made here are in ``records``.
         self.history = [r for r in read_log(store.path) if r.get("settings_key") == self.key] if log else []
         self.logged = {r["num_fit_models"] for r in self.history}
         self.folded = 0  # leading fitting rows folded into the statistics
@@ -276,7 +278,6 @@ class LiveLDS:
                 f.write(json.dumps(record) + "\n")
             self._save_warm(n)
         self.records.append(record)
-        self.history.append(record)
         self.logged.add(int(n))
         return record
 
@@ -297,7 +298,6 @@ class Monitor:
         self.ready = 0
         self.history = list(self.live.history)
         self.records: List[dict] = []
-        self.latest: Optional[dict] = self.history[-1] if self.history else None
         self.stop = stop_reason(self.history, *self.live.rules)
         self.error: Optional[str] = None
         self.solve_s = 0.0
@@ -309,6 +309,11 @@ class Monitor:
         self._results: "queue.Queue[dict]" = queue.Queue()
         self._threads_before: Optional[int] = None
         self._advance()
+
+    @property
+    def latest(self) -> Optional[dict]:
+        """The latest checkpoint's record, this sweep's or an earlier one's."""
+        return self.history[-1] if self.history else None
 
     def add(self, rows: np.ndarray) -> None:
         """Rows just written to the store."""
@@ -360,7 +365,6 @@ class Monitor:
             return
         self.records.append(message)
         self.history.append(message)
-        self.latest = message
         self.solve_s += message["cpu_s"]
         self.stop = self.stop or stop_reason(self.history, *self.live.rules)
 

@@ -268,15 +268,13 @@ def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: 
                 break
 
     lam_best = lam_path.gather(0, best_k[None]).squeeze(0)
-    if not refit:
-        refit_converged = torch.ones(T, dtype=torch.bool, device=dev)
     del solver, valid  # the path's Grams: the refit builds its own
     prob.G = None
     if refit:
         weight, bias, refit_converged = _refit(everything, prob, best_w, lam_best, dtype, tol, max_iter)
-    else:  # in mask units
+    else:  # the path's solution, in mask units
         weight = best_w.double() * prob.scale[:, None]
-        bias = prob.my - prob.mx @ weight
+        bias, refit_converged = prob.my - prob.mx @ weight, torch.ones(T, dtype=torch.bool, device=dev)
     bar.update(1)
     bar.close()
     bias = bias + torch.as_tensor(offset, device=dev)

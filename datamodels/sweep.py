@@ -353,8 +353,8 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
                 summary["checkpoint_error"] = problem
             summary["checkpoints"] = len(live.records)
             summary["checkpoint_solve_s"] = round(live.solve_s, 3)
-            if live.history:
-                summary["live_lds"] = {k: live.history[-1][k] for k in ("num_fit_models", "lds", "quantiles")}
+            if live.latest:
+                summary["live_lds"] = {k: live.latest[k] for k in ("num_fit_models", "lds", "quantiles")}
     summary["wall_s"] = time.time() - started
     if summary["failed"]:
         rows = sorted(summary["failed"])
