@@ -32,6 +32,7 @@ How it runs, and why:
 """
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -102,6 +103,7 @@ def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lamb
     - ``targets`` [T]: the store's target columns fitted; ``num_models``: fitting rows used.
     """
     _check_params(val_fraction, num_lambdas, lambda_min_ratio, max_iter, tol, chunk_rows)
+    _return_freed_memory()
     if slices is not None and (int(slices) != slices or slices < 1):
         raise DatamodelsError(f"fit slices must be an integer >= 1, got {slices}")
     distributed = address is not None or (slices or 1) > 1
@@ -301,6 +303,7 @@ _TARGET_AXIS = {"weight": 1, "bias": 0, "lam": 0, "nnz": 0, "val_mse": 0, "conve
 
 def _solve_slice(shared: dict, columns: dict, offset, params: dict, device: str) -> dict:
     """A Ray task: the solve for one slice of targets (shared: n, sx, xx of both row sets)."""
+    _return_freed_memory()
     train = _Stats.from_numpy(shared["train"], columns["train"])
     val = _Stats.from_numpy(shared["val"], columns["val"])
     return _solve(train, val, np.array(offset), params, _device(device), progress=False)
@@ -435,7 +438,7 @@ class _Stats:
         self.n += len(x)
         self.sx += x.sum(0, dtype=torch.float64)
         self.sy += y.sum(0)
-        self.xx += (gram or _gram_float32)(masks).to(self.xx.dtype)
+        self.xx += (gram or _gram_float32)(masks, x).to(self.xx.dtype)
         self.xy += (x.T @ y.float()).double()
         self.yy += (y * y).sum(0)
 
@@ -472,23 +475,24 @@ class _Stats:
         return self
 
 
-def _gram_int8(masks: torch.Tensor) -> torch.Tensor:
+# Each kernel takes the bool masks and, when the caller has it, their float32 copy.
+def _gram_int8(masks: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
     """XᵀX of 0/1 masks as an int8 GEMM with int32 sums: exact, and several times faster
     than float32 where the CPU has int8 dot products (VNNI, AMX); 25-100x slower where not."""
     xi = masks.to(torch.int8)
     try:
         return torch._int_mm(xi.T.contiguous(), xi)
     except RuntimeError:  # shapes some backends reject (e.g. CUDA wants multiples of 8)
-        return _gram_float32(masks)
+        return _gram_float32(masks, x)
 
 
-def _gram_float32(masks: torch.Tensor) -> torch.Tensor:
+def _gram_float32(masks: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
     """XᵀX in float32: exact for 0/1 inputs while every count stays below 2**24."""
-    x = masks.float()
+    x = masks.float() if x is None else x
     return x.T @ x
 
 
-def _gram_float16(masks: torch.Tensor) -> torch.Tensor:
+def _gram_float16(masks: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
     """XᵀX from float16 inputs with float32 sums (tensor cores): exact like float32 where the
     backend has ``mm(..., out_dtype=float32)`` (CUDA); elsewhere the probe rejects it."""
     x = masks.half()
@@ -563,6 +567,26 @@ def _accumulate(store: Store, rows, is_val, cols, offset, chunk_rows: int, dev,
         bar.update(len(r))
     bar.close()
     return train, val
+
+
+@functools.lru_cache(maxsize=None)  # once per process
+def _return_freed_memory() -> None:
+    """Make glibc hand every allocation of 1 MiB or more back to the system when it is freed.
+
+    By default glibc raises its mmap threshold (up to 32 MiB) each time a large block is
+    freed, so later N×N temporaries land on the heap, which fragments and is not returned:
+    the same fit's peak memory then varies by several N×N matrices from run to run (N = 1,500:
+    330 to 450 MiB).  A fixed threshold turns that off (330 MiB every run), at the price of a
+    page fault per large allocation, which the GEMMs that fill them dwarf.  A no-op on other
+    C libraries."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _drop_pages(*arrays) -> None:
