@@ -48,7 +48,7 @@ def cmd_status(args) -> int:
     from .checkpoints import describe, live_lds
     from .store import Store
 
-    store = Store(args.store)
+    store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
     s = store.summary()
     for level in args.lds or ():
         if not 0.0 < level < 1.0:
@@ -63,6 +63,11 @@ def cmd_status(args) -> int:
         print(f"store {s['path']}: {s['completed']}/{s['num_models']} models complete "
               f"(fit {s['fit']['completed']}/{s['fit']['total']}, eval {s['eval']['completed']}/{s['eval']['total']}); "
               f"{s['num_train']} training examples, {s['num_targets']} targets, alpha={s['alpha']}, seed={s['seed']}")
+        if store.reference_layout:
+            print(f"spec: {s['spec']}; written by another pipeline (no alpha/seed metadata): fit, evaluate and "
+                  f"analyse it as it is; it cannot be grown or resumed here")
+            if not s["eval"]["total"]:
+                print("no held-out rows: pass --eval-rows A:B to fit and evaluate to hold some out for LDS")
         if s["failures"]:
             print(f"{len(s['failures'])} failed models:")
             for row, error in list(s["failures"].items())[:20]:
@@ -76,8 +81,10 @@ def cmd_status(args) -> int:
 
 def cmd_fit(args) -> int:
     from .fit import fit
+    from .store import Store
 
-    dm = fit(args.store, args.out, device=args.device, val_fraction=args.val_fraction,
+    store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
+    dm = fit(store, args.out, device=args.device, val_fraction=args.val_fraction,
              num_lambdas=args.num_lambdas, lambda_min_ratio=args.lambda_min_ratio, seed=args.seed,
              chunk_rows=args.chunk_rows, max_iter=args.max_iter, tol=args.tol, address=args.address,
              slices=args.slices)
@@ -92,17 +99,35 @@ def _run_paths(args):
             Path(args.datamodels) if args.datamodels else run / "datamodels.npz")
 
 
+def _open_store(args, path):
+    from .store import Store
+
+    return Store(path, spec=getattr(args, "spec", None), eval_rows=getattr(args, "eval_rows", None))
+
+
+def _print_lds(scores: dict, what: str = "") -> None:
+    q = scores.get("quantiles", {})
+    print(f"LDS {scores['lds']:.4f}{what} over {len(scores['per_target'])} targets and {scores['num_models']} "
+          f"held-out models; quantiles " + ", ".join(f"{k}: {v:.3f}" for k, v in q.items()))
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import lds
 
     store, dm = _run_paths(args)
-    scores = lds(store, dm)
+    store = _open_store(args, store)
+    if args.transpose and not args.scores:
+        raise DatamodelsError("--transpose applies to --scores FILE")
+    if args.scores:
+        if args.datamodels:
+            raise DatamodelsError("give --datamodels or --scores, not both")
+        scores = lds(store, scores=args.scores, transpose=args.transpose)
+    else:
+        scores = lds(store, dm)
     if args.json:
         _print_json(scores)
     else:
-        q = scores.get("quantiles", {})
-        print(f"LDS {scores['lds']:.4f} over {len(scores['per_target'])} targets and {scores['num_models']} "
-              f"held-out models; quantiles " + ", ".join(f"{k}: {v:.3f}" for k, v in q.items()))
+        _print_lds(scores, f" of {args.scores}" if args.scores else "")
     return 0
 
 
@@ -133,7 +158,7 @@ def _analysis_run(args):
     from .analyses import Run
 
     store, dm = _run_paths(args)
-    return Run(args.run, datamodels=dm, store=store, config=getattr(args, "config", None),
+    return Run(args.run, datamodels=dm, store=_open_store(args, store), config=getattr(args, "config", None),
                address=getattr(args, "address", None))
 
 
@@ -255,8 +280,18 @@ def cmd_learning_curve(args) -> int:
 def cmd_report(args) -> int:
     from .report import report
 
+    methods = {}
+    for item in args.scores or ():
+        name, sep, file = item.partition("=")
+        if not sep or not name.strip() or not file.strip():
+            raise DatamodelsError(f"--scores must look like NAME=FILE, got {item!r}")
+        if name.strip() in methods:
+            raise DatamodelsError(f"--scores names {name.strip()!r} twice")
+        methods[name.strip()] = file.strip()
+    store = _open_store(args, args.store or Path(args.run) / "store") if (args.store or args.spec or args.eval_rows) else None
     path = report(args.run, args.out, verify=args.verify, datamodels=args.datamodels, config=args.config,
-                  address=args.address, learning_curve=args.learning_curve, seed=args.seed)
+                  address=args.address, learning_curve=args.learning_curve, seed=args.seed, store=store,
+                  scores=methods or None, transpose=args.transpose)
     print(f"wrote {path}")
     return 0
 
@@ -294,8 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     sp.set_defaults(func=cmd_sweep)
 
+    def with_store_layout(sp):
+        sp.add_argument("--spec", metavar="FILE",
+                        help="JSON spec of a store that keeps it elsewhere (the reference pipeline's layout; default "
+                             "STORE/spec.json, else detected from the .npy headers)")
+        sp.add_argument("--eval-rows", metavar="A:B",
+                        help="hold out rows A..B-1 for LDS in place of the store's evaluation split (for a store "
+                             "without one; give fit and evaluate the same rows)")
+
     sp = sub.add_parser("status", help="progress, failures, live LDS and its forecast of a store")
     sp.add_argument("store")
+    with_store_layout(sp)
     sp.add_argument("--lds", type=float, action="append",
                     help="forecast the fitting models needed for this LDS (repeatable; default: the next of "
                          "0.8, 0.85, 0.9, 0.95 above the latest checkpoint)")
@@ -307,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("fit", help="fit sparse linear datamodels from a store")
     sp.add_argument("--store", required=True)
     sp.add_argument("--out", required=True, help="output .npz")
+    with_store_layout(sp)
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
     sp.add_argument("--val-fraction", type=float, default=0.1)
     sp.add_argument("--num-lambdas", type=int, default=40)
@@ -323,10 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--run", default="runs/digits", help="output directory of `datamodels run` (default runs/digits)")
         sp.add_argument("--datamodels", help="fitted .npz (default RUN/datamodels.npz)")
         sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        sp.add_argument("--store", help="store directory (default RUN/store)")
+        with_store_layout(sp)
 
     sp = sub.add_parser("evaluate", help="linear datamodeling score on the held-out models")
     with_run(sp)
-    sp.add_argument("--store", help="store directory (default RUN/store)")
+    sp.add_argument("--scores", metavar="FILE",
+                    help="score LDS of another attribution method: an .npy matrix N_train x N_targets (positive: the "
+                         "training example raises the target's margin) instead of the datamodels")
+    sp.add_argument("--transpose", action="store_true", help="the --scores matrix is N_targets x N_train")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("query", help="most influential training examples, or nearest targets")
@@ -380,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", nargs="?", default="runs/digits", help="output directory of `datamodels run` (default runs/digits)")
     sp.add_argument("--out", help="output file (default RUN/report.html)")
     sp.add_argument("--datamodels", help="fitted .npz (default RUN/datamodels.npz)")
+    sp.add_argument("--store", help="store directory (default RUN/store)")
+    with_store_layout(sp)
+    sp.add_argument("--scores", action="append", metavar="NAME=FILE",
+                    help="another attribution method's score matrix (.npy, N_train x N_targets), shown beside the "
+                         "datamodels' LDS (repeatable)")
+    sp.add_argument("--transpose", action="store_true", help="the --scores matrices are N_targets x N_train")
     sp.add_argument("--verify", type=int, default=0, metavar="R",
                     help="also check counterfactuals and brittleness by retraining R models per mask")
     sp.add_argument("--learning-curve", action=argparse.BooleanOptionalAction, default=None,

@@ -7,6 +7,7 @@ targets (Park et al., TRAK, arXiv 2303.14186).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,8 +18,16 @@ from .store import Store
 QUANTILES = {"min": 0.0, "p10": 0.1, "p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
 
 
-def lds(store, datamodels, rows: Optional[Sequence[int]] = None, chunk_rows: int = 8192) -> dict:
+def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows: int = 8192, *,
+        scores=None, transpose: bool = False, eval_rows=None, spec=None) -> dict:
     """The LDS of ``datamodels`` (a dict from ``fit`` or the path of its .npz) on ``store``.
+
+    ``scores`` instead of ``datamodels``: any attribution method's scores (TRAK, influence
+    functions...), a path of an ``.npy`` file or an array, N_train x N_targets (T x N with
+    ``transpose``); a positive score means the training example raises the target's margin.
+    The prediction for a held-out model is then ``mask @ scores`` (a bias would not change the
+    ranks).  ``store`` is a ``Store`` or a path, opened with ``spec`` and ``eval_rows`` (see
+    ``Store``).
 
     ``rows`` overrides the rows scored (default: the completed evaluation rows).  Returns
     ``{"lds": mean over targets, "per_target": [T], "num_models": rows scored,
@@ -29,18 +38,32 @@ def lds(store, datamodels, rows: Optional[Sequence[int]] = None, chunk_rows: int
     """
     from .fit import load
 
-    store = store if isinstance(store, Store) else Store(store)
-    dm = load(datamodels) if not isinstance(datamodels, dict) else datamodels
-    weight = np.asarray(dm["weight"], dtype=np.float32)
-    bias = np.asarray(dm["bias"], dtype=np.float32)
-    cols = np.asarray(dm["targets"] if "targets" in dm else np.arange(weight.shape[1]), dtype=np.int64)
-    _check_shapes(store, weight, bias, cols)
+    if (datamodels is None) == (scores is None):
+        raise DatamodelsError("give datamodels or a score matrix (scores), not both")
+    if isinstance(store, Store):
+        if eval_rows is not None or spec is not None:
+            store = Store(store.path, spec=spec if spec is not None else store._spec_arg,
+                          eval_rows=eval_rows if eval_rows is not None else store._eval_rows_arg)
+    else:
+        store = Store(store, spec=spec, eval_rows=eval_rows)
+    if scores is not None:
+        weight = load_scores(scores, store, transpose)
+        bias = np.zeros(weight.shape[1], dtype=np.float32)
+        cols = np.arange(weight.shape[1], dtype=np.int64)
+    else:
+        dm = load(datamodels) if not isinstance(datamodels, dict) else datamodels
+        weight = np.asarray(dm["weight"], dtype=np.float32)
+        bias = np.asarray(dm["bias"], dtype=np.float32)
+        cols = np.asarray(dm["targets"] if "targets" in dm else np.arange(weight.shape[1]), dtype=np.int64)
+        _check_shapes(store, weight, bias, cols)
+        _warn_if_fitted_on_eval_rows(store, dm)
 
     if rows is None:
         rows = store.rows("eval")
         if len(rows) == 0:
-            raise DatamodelsError(f"store {store.path} has no completed evaluation rows: grow the sweep's "
-                                  f"num_eval_models and run it")
+            hint = ("hold out rows of it with --eval-rows A:B (and fit with the same --eval-rows)"
+                    if store.reference_layout else "grow the sweep's num_eval_models and run it")
+            raise DatamodelsError(f"store {store.path} has no completed evaluation rows: {hint}")
     else:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(rows) and (rows.min() < 0 or rows.max() >= store.num_models):
@@ -90,6 +113,67 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         rho = (ra * rb).sum(0) / denom
     rho[bad | (denom == 0)] = np.nan
     return rho
+
+
+def load_scores(scores, store: Store, transpose: bool = False) -> np.ndarray:
+    """A score matrix as float32 [N_train, N_targets] of ``store``, checked: an ``.npy`` path or
+    an array, N_train x N_targets (or N_targets x N_train with ``transpose``), finite numbers."""
+    name = "score matrix"
+    if not isinstance(scores, np.ndarray):
+        path = Path(scores)
+        name = f"score matrix {path}"
+        if not path.is_file():
+            raise DatamodelsError(f"{name} not found")
+        try:
+            scores = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DatamodelsError(f"{name} is not a readable .npy file ({_first_line(exc)})") from None
+        if not isinstance(scores, np.ndarray):  # an .npz archive
+            raise DatamodelsError(f"{name} is not an .npy file of one array (an .npz archive?)")
+    if scores.dtype.kind not in "fiub":
+        raise DatamodelsError(f"{name} has dtype {scores.dtype}, not numbers")
+    want = (store.num_train, store.num_targets)
+    shape = tuple(scores.shape)
+    if transpose:
+        if scores.ndim == 2:
+            scores = scores.T
+        want_given = want[::-1]
+    else:
+        want_given = want
+    if shape != want_given:
+        hint = ""
+        if len(shape) == 2 and shape == want_given[::-1] and want[0] != want[1]:
+            hint = " (drop --transpose)" if transpose else " (T x N? pass --transpose)"
+        orient = "N_targets x N_train" if transpose else "N_train x N_targets"
+        raise DatamodelsError(f"{name} has shape {list(shape)}, but store {store.path} needs {orient} = "
+                              f"{list(want_given)}{hint}")
+    out = np.asarray(scores, dtype=np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise DatamodelsError(f"{name} has {int(bad.sum())} non-finite values (NaN or inf), the first at training "
+                              f"example {int(i)}, target {int(j)}")
+    return out
+
+
+def _warn_if_fitted_on_eval_rows(store: Store, dm: dict) -> None:
+    """Held-out rows chosen here (``eval_rows``) may be rows the datamodels were fitted on."""
+    if store.eval_override is None or "num_models" not in dm:
+        return
+    fitted, outside = int(np.asarray(dm["num_models"])), len(store.rows("fit"))
+    if fitted > outside:
+        import logging
+
+        start, stop = store.eval_override[0]
+        logging.getLogger("datamodels").warning(
+            f"warning: the datamodels were fitted on {fitted} models, more than the {outside} completed rows of store "
+            f"{store.path} outside eval rows {start}:{stop}; if they were fitted on this store, they saw rows they are "
+            f"now scored on: fit with the same --eval-rows")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_shapes(store: Store, weight: np.ndarray, bias: np.ndarray, cols: np.ndarray) -> None:

@@ -51,7 +51,7 @@ td.l, th.l { text-align: left; }
 
 def report(run="runs/digits", out=None, *, verify: int = 0, datamodels=None, config=None, address=None,
            learning_curve: Optional[bool] = None, num_examples: int = 6, seed: int = 0,
-           progress: bool = True) -> Path:
+           progress: bool = True, store=None, scores: Optional[dict] = None, transpose: bool = False) -> Path:
     """Write the run's HTML report (default ``RUN/report.html``) and return its path.
 
     ``verify`` > 0 retrains that many models per counterfactual mask and per brittle target
@@ -60,14 +60,23 @@ def report(run="runs/digits", out=None, *, verify: int = 0, datamodels=None, con
     curve out, None (default) refits only when the store holds at least
     ``LEARNING_CURVE_MIN_RATIO`` times as many fitting models as training examples, since
     refits with fewer models than that are slow (an underdetermined regression) and the
-    answer is plain anyway: more models will pay off."""
-    run = open_run(run, datamodels=datamodels, config=config, address=address)
+    answer is plain anyway: more models will pay off.
+
+    ``store``: the store (a ``Store``, e.g. opened with a spec or eval rows), default RUN/store.
+    ``scores``: {method name: score matrix (.npy path or array), N_train x N_targets, or T x N
+    with ``transpose``}: each method's LDS on the same held-out models and targets, side by side
+    with the datamodels'."""
+    run = open_run(run, datamodels=datamodels, config=config, address=address,
+                   **({"store": store} if store is not None else {}))
     out = Path(out) if out is not None else run.path / "report.html"
     started = time.time()
     sections: List[str] = []
     lds_scores = _lds(run)
+    methods = _method_scores(run, scores, transpose) if scores else None
     sections.append(_summary(run, lds_scores))
     sections.append(_accuracy(run, lds_scores))
+    if methods:
+        sections.append(_methods(run, lds_scores, methods))
     sections.append(_live_lds(run))
     if learning_curve is not False:
         sections.append(_learning_curve(run, progress, force=bool(learning_curve)))
@@ -227,6 +236,42 @@ def _accuracy(run: Run, scores: Optional[dict]) -> str:
                     "Models trained on held-out random subsets, never used for fitting: how well each subset's "
                     "margins are predicted (left), and per target the rank correlation across subsets, whose mean is "
                     "the LDS (right).", _img(fig, "predicted vs actual margins and LDS histogram"))
+
+
+def _method_scores(run: Run, scores: dict, transpose: bool) -> dict:
+    """Each method's LDS on the store's held-out models, restricted to the datamodels' targets."""
+    from .errors import DatamodelsError
+    from .evaluate import QUANTILES, lds
+
+    out = {}
+    for name, matrix in scores.items():
+        full = lds(run.store, scores=matrix, transpose=transpose)
+        per_target = np.asarray(full["per_target"], dtype=np.float64)[run.columns]
+        defined = per_target[np.isfinite(per_target)]
+        if not len(defined):
+            raise DatamodelsError(f"scores {name!r}: no target has a defined rank correlation")
+        out[name] = {"lds": float(defined.mean()), "per_target": per_target, "num_models": full["num_models"],
+                     "quantiles": {k: float(np.quantile(defined, q)) for k, q in QUANTILES.items()}}
+    return out
+
+
+def _methods(run: Run, dm_scores: Optional[dict], methods: dict) -> str:
+    entries = ([("datamodels (this run)", dm_scores)] if dm_scores is not None else []) + list(methods.items())
+    rows = [{"method": name, "LDS": sc["lds"], "p10": sc["quantiles"]["p10"], "median": sc["quantiles"]["median"],
+             "p90": sc["quantiles"]["p90"], "held-out models": f"{sc['num_models']:,}"} for name, sc in entries]
+    fig = _figure(min(10, 2.5 + 1.4 * len(entries)), 3.6)
+    ax = fig.subplots()
+    data = [np.asarray(sc["per_target"], dtype=np.float64) for _, sc in entries]
+    ax.boxplot([d[np.isfinite(d)] for d in data], showmeans=True)
+    ax.set_xticks(range(1, len(entries) + 1), [name for name, _ in entries], fontsize=8)
+    ax.set_ylabel("Spearman correlation per target")
+    ax.set_title(f"LDS per target, {run.num_targets} targets (triangle: mean)", fontsize=10)
+    return _section("Attribution methods side by side",
+                    "Every method's scores predict a held-out model's margin as the sum of the scores of the training "
+                    "examples it saw; the LDS is the mean over targets of the rank correlation with the actual margins, "
+                    "on the same held-out models and targets.",
+                    _table(rows, ["method", "LDS", "p10", "median", "p90", "held-out models"], left=["method"])
+                    + _img(fig, "LDS per target of each attribution method"))
 
 
 def _live_lds(run: Run) -> str:

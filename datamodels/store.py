@@ -69,26 +69,51 @@ def _ranges_to_bool(ranges: Sequence[Sequence[int]], n: int) -> np.ndarray:
 class Store:
     """A datamodels store opened for reading (``mode="r"``) or writing (``mode="r+"``)."""
 
-    def __init__(self, path, mode: str = "r"):
+    def __init__(self, path, mode: str = "r", *, spec=None, eval_rows=None):
+        """``spec``: the JSON spec (a path or a dict) of a store that keeps it elsewhere, as the
+        reference pipeline does; without it, ``path/spec.json``, or else one detected from the
+        ``.npy`` headers when they determine it (``detect_spec``).  ``eval_rows``: rows
+        (``"A:B"``, ``(A, B)`` or ``range``) to hold out for LDS in place of the store's own
+        evaluation split, in memory only (for a store that has none)."""
         self.path = Path(path)
         self.mode = mode
+        self._spec_arg, self._eval_rows_arg = spec, eval_rows
         spec_path = self.path / SPEC
         if not self.path.is_dir():
             raise DatamodelsError(f"store not found: {self.path}")
-        if not spec_path.is_file():
-            raise DatamodelsError(f"{self.path} is not a store: {SPEC} is missing")
-        try:
-            self.spec = json.loads(spec_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatamodelsError(f"store {self.path}: {SPEC} is not valid JSON ({exc})") from None
-        except OSError as exc:
-            raise DatamodelsError(f"store {self.path}: cannot read {SPEC} ({_reason(exc)})") from None
+        # Where the spec came from: named in errors; a spec from elsewhere must match the files exactly.
+        self.spec_source = SPEC
+        self.external_spec = spec is not None or not spec_path.is_file()
+        if isinstance(spec, dict):
+            self.spec, self.spec_source = json.loads(json.dumps(spec)), "the given spec"
+        elif spec is not None:
+            self.spec, self.spec_source = _read_spec(Path(spec), f"spec {spec}"), f"spec {spec}"
+        elif spec_path.is_file():
+            self.spec = _read_spec(spec_path, f"store {self.path}: {SPEC}")
+        else:
+            self.spec, self.spec_source = detect_spec(self.path), "the spec detected from its .npy headers"
         self._check_spec()
+        if mode == "r+" and (self.alpha is None or self.seed is None):
+            raise DatamodelsError(
+                f"store {self.path} has no alpha/seed metadata (it was written by another pipeline, e.g. the reference "
+                f"implementation's workers), so it cannot be grown or resumed here: its masks are not a function of a "
+                f"seed, so unfinished rows cannot be trained. Fit, evaluate and analyse it as it is (--eval-rows A:B "
+                f"holds out rows for LDS), or train new models into another out directory with `datamodels sweep`")
         self.num_models = int(self.spec["num_models"])
         self.arrays: Dict[str, np.memmap] = {}
         for key, field in self.spec["schema"].items():
             self.arrays[key] = self._open_array(f"{key}.npy", [self.num_models, *field["shape"]], field["dtype"])
         self.completed = self._open_array(COMPLETED, [self.num_models], "bool_")
+        self.eval_override: Optional[List[List[int]]] = None
+        if eval_rows is not None:
+            self.eval_override = [list(parse_rows(eval_rows, self.num_models))]
+            start, stop = self.eval_override[0]
+            done = np.asarray(self.completed[start:stop], dtype=bool)
+            if not done.all():
+                missing = start + np.flatnonzero(~done)
+                raise DatamodelsError(
+                    f"eval rows {start}:{stop} of store {self.path}: {len(missing)} of {stop - start} are not completed "
+                    f"(rows {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}); choose completed rows")
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -98,6 +123,12 @@ class Store:
         path = Path(path)
         if (path / SPEC).exists():
             raise DatamodelsError(f"store already exists: {path}")
+        present = [name for name in ("masks.npy", "margins.npy", COMPLETED) if (path / name).exists()]
+        if present:
+            raise DatamodelsError(
+                f"{path} holds {', '.join(present)} without {SPEC} (a store written by another pipeline?), which a "
+                f"new store would overwrite: it cannot be grown or resumed here; fit, evaluate and analyse it as it is "
+                f"(--spec FILE), or use another out directory for new models")
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -151,7 +182,14 @@ class Store:
 
     @property
     def is_eval(self) -> np.ndarray:
+        if self.eval_override is not None:
+            return _ranges_to_bool(self.eval_override, self.num_models)
         return _ranges_to_bool(self.meta.get("eval_ranges", []), self.num_models)
+
+    @property
+    def reference_layout(self) -> bool:
+        """Written by another pipeline: no alpha/seed metadata, so it cannot grow or resume."""
+        return self.alpha is None or self.seed is None
 
     @property
     def num_eval(self) -> int:
@@ -197,6 +235,9 @@ class Store:
             "alpha": self.alpha,
             "seed": self.seed,
             "failures": {str(k): v for k, v in self.failures().items()},
+            "spec": self.spec_source if self.spec_source != SPEC else str(self.path / SPEC),
+            "eval_rows": self.eval_override[0] if self.eval_override is not None else None,
+            "can_grow": not self.reference_layout,
         }
 
     # ---- writing (driver only) -------------------------------------------------------------
@@ -222,7 +263,9 @@ class Store:
         self._writable()
         alpha, seed = self.alpha, self.seed
         if alpha is None or seed is None:
-            raise DatamodelsError(f"store {self.path} has no alpha/seed metadata, so it cannot grow")
+            raise DatamodelsError(f"store {self.path} has no alpha/seed metadata (it was written by another pipeline), "
+                                  f"so it cannot grow: its masks are not a function of a seed. Fit, evaluate and "
+                                  f"analyse it as it is, or train new models into another store")
         cur_eval = self.num_eval
         cur_fit = self.num_models - cur_eval
         add_fit, add_eval = max(0, num_fit - cur_fit), max(0, num_eval - cur_eval)
@@ -262,7 +305,7 @@ class Store:
             raise DatamodelsError(f"cannot grow store {self.path} from {old} to {new} models: {current.name}: "
                                   f"{_reason(exc)}; the store is unchanged") from None
         finally:
-            self.__init__(self.path, mode=self.mode)
+            self.__init__(self.path, mode=self.mode, spec=self._spec_arg, eval_rows=self._eval_rows_arg)
         return add_fit, add_eval
 
     def write(self, indices: Sequence[int], margins: np.ndarray) -> None:
@@ -298,7 +341,7 @@ class Store:
 
     def _check_spec(self) -> None:
         spec = self.spec
-        where = f"store {self.path}: {SPEC}"
+        where = f"store {self.path}: {SPEC}" if self.spec_source == SPEC else f"store {self.path}: {self.spec_source}"
         if not isinstance(spec, dict) or not isinstance(spec.get("num_models"), int) or spec["num_models"] < 0:
             raise DatamodelsError(f"{where} needs a non-negative integer num_models")
         schema = spec.get("schema")
@@ -338,11 +381,14 @@ class Store:
         # The header is checked against spec.json, and the file's length against the header,
         # before mapping: numpy's own errors for a damaged file are neither one line nor clear.
         file_shape, fortran, file_dtype, offset = _read_npy_header(p, where)
+        source = self.spec_source
         if file_dtype != np.dtype(dtype):
-            raise DatamodelsError(f"{where} has dtype {file_dtype}, but {SPEC} says {np.dtype(dtype)}")
-        # More rows than the spec says is a grow interrupted before publishing its new size.
-        if len(file_shape) != len(shape) or list(file_shape[1:]) != list(shape[1:]) or file_shape[0] < shape[0]:
-            raise DatamodelsError(f"{where} has shape {list(file_shape)}, but {SPEC} says {list(shape)}")
+            raise DatamodelsError(f"{where} has dtype {file_dtype}, but {source} says {np.dtype(dtype)}")
+        # More rows than the spec says is a grow interrupted before publishing its new size; a
+        # spec from elsewhere was never updated by a grow, so it must match exactly.
+        short = file_shape[0] < shape[0] or (self.external_spec and file_shape[0] != shape[0])
+        if len(file_shape) != len(shape) or list(file_shape[1:]) != list(shape[1:]) or short:
+            raise DatamodelsError(f"{where} has shape {list(file_shape)}, but {source} says {list(shape)}")
         if fortran and len(file_shape) > 1:
             raise DatamodelsError(f"{where} is in Fortran order; rows must be contiguous (C order)")
         needed = offset + int(np.prod(file_shape, dtype=np.int64)) * file_dtype.itemsize
@@ -357,6 +403,77 @@ class Store:
         except ValueError as exc:
             raise DatamodelsError(f"{where} is corrupt ({_first_line(exc)})") from None
         return arr[: shape[0]]
+
+
+def _read_spec(path: Path, where: str) -> dict:
+    if not path.is_file():
+        raise DatamodelsError(f"{where} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatamodelsError(f"{where} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise DatamodelsError(f"{where}: cannot read it ({_reason(exc)})") from None
+
+
+def detect_spec(path) -> dict:
+    """The spec of a store directory without ``spec.json``, read off its ``.npy`` headers when
+    they determine it: ``masks.npy`` bool [M, N], ``margins.npy`` floating [M, T] and
+    ``_completed.npy`` bool [M], with one M.  Anything else is an error that asks for the spec."""
+    path = Path(path)
+    ask = "pass the spec it was created with (--spec FILE)"
+    if not (path / "masks.npy").is_file():
+        raise DatamodelsError(f"{path} is not a store: {SPEC} is missing, and there is no masks.npy to detect one from "
+                              f"(a store written elsewhere: {ask})")
+    headers = {}
+    for name in ("masks.npy", "margins.npy", COMPLETED):
+        where = f"store {path}: {name}"
+        if not (path / name).is_file():
+            raise DatamodelsError(f"store {path} has no {SPEC} and no {name}, so its spec cannot be detected; {ask}")
+        shape, _, dtype, _ = _read_npy_header(path / name, where)
+        headers[name] = (shape, dtype)
+    (ms, md), (ys, yd), (cs, cd) = headers["masks.npy"], headers["margins.npy"], headers[COMPLETED]
+    problem = None
+    if len(ms) != 2 or md != np.bool_:
+        problem = f"masks.npy is {md} {list(ms)}, not a bool [models, train] array"
+    elif len(ys) != 2 or not np.issubdtype(yd, np.floating):
+        problem = f"margins.npy is {yd} {list(ys)}, not a floating [models, targets] array"
+    elif len(cs) != 1 or cd != np.bool_:
+        problem = f"{COMPLETED} is {cd} {list(cs)}, not a bool [models] array"
+    elif not ms[0] == ys[0] == cs[0]:
+        problem = f"the files disagree on the number of models (masks {ms[0]}, margins {ys[0]}, completed {cs[0]})"
+    if problem:
+        raise DatamodelsError(f"store {path} has no {SPEC} and its .npy headers do not determine one: {problem}; {ask}")
+    return {"num_models": int(ms[0]), "schema": {"masks": {"shape": [int(ms[1])], "dtype": "bool_"},
+                                                 "margins": {"shape": [int(ys[1])], "dtype": str(yd)}}}
+
+
+def parse_rows(rows, num_models: int) -> Tuple[int, int]:
+    """``(start, stop)`` of a row range given as ``"A:B"`` (either end may be left out or
+    negative, as in Python), ``(A, B)`` or a ``range`` of step 1, checked against the store."""
+    text = rows if isinstance(rows, str) else None
+    try:
+        if isinstance(rows, str):
+            parts = rows.split(":")
+            if len(parts) != 2:
+                raise ValueError
+            start, stop = (int(p) if p.strip() else None for p in parts)
+        elif isinstance(rows, range):
+            if rows.step != 1:
+                raise ValueError
+            start, stop = rows.start, rows.stop
+        else:
+            start, stop = (None if v is None else int(v) for v in rows)
+    except (ValueError, TypeError):
+        raise DatamodelsError(f"eval rows must look like A:B (rows A to B-1), got {rows!r}") from None
+    text = text or f"{start}:{stop}"
+    lo = 0 if start is None else (start + num_models if start < 0 else start)
+    hi = num_models if stop is None else (stop + num_models if stop < 0 else stop)
+    if 0 <= lo and hi <= num_models and lo >= hi:
+        raise DatamodelsError(f"eval rows {text} are empty: give A:B with A < B")
+    if not 0 <= lo < hi <= num_models:
+        raise DatamodelsError(f"eval rows {text} are out of range: the store has rows 0:{num_models}")
+    return lo, hi
 
 
 _HEADER_IO = {

@@ -54,7 +54,7 @@ class Run:
         if len(self.columns) != self.num_targets or (len(self.columns) and self.columns.max() >= self.store.num_targets):
             raise DatamodelsError(f"the datamodels' target columns do not fit store {self.store.path} "
                                   f"({self.store.num_targets} targets); they come from different runs")
-        self.alpha = float(self.store.alpha) if self.store.alpha is not None else 0.5
+        self.alpha = float(self.store.alpha) if self.store.alpha is not None else _mask_density(self.store)
         self.address = address
         self._config_arg = config
         self._config = None
@@ -159,6 +159,8 @@ class Run:
 
     def is_test_target(self) -> np.ndarray:
         """[T] whether each datamodel column is a test example (not a training example)."""
+        if not (self.data_dir / "meta.json").is_file() and self.store.meta.get("targets", "test") == "test":
+            return np.ones(len(self.columns), dtype=bool)  # a store without prepared data: its targets are test examples
         return self.columns < int(self.meta["num_test"])
 
     def images(self, split: str):
@@ -217,6 +219,14 @@ def _check_worker(store: Store, cfg) -> None:
             if made_with.get(key) != asked.get(key):
                 raise DatamodelsError(f"store {store.path} was made with worker.{key}={made_with.get(key)}, but the "
                                       f"config says {asked.get(key)}; pass the config the run was made with")
+
+
+def _mask_density(store: Store, rows: int = 1000) -> float:
+    """α of a store without alpha metadata (another pipeline's): its completed masks' mean density."""
+    done = store.rows("all")[:rows]
+    if not len(done):
+        return 0.5
+    return float(np.clip(np.asarray(store.masks[done], dtype=np.float64).mean(), 1e-3, 1 - 1e-3))
 
 
 def open_run(run: Union[Run, str, Path] = "runs/digits", **kwargs) -> Run:
