@@ -92,6 +92,35 @@ def test_report_verify_adds_retrained_checks(tiny_run, ray_local):
     assert "Counterfactuals, checked by retraining" in (out / "report.html").read_text()
 
 
+def test_report_shows_other_methods_side_by_side(tiny_run, tmp_path):
+    """--scores NAME=FILE: the datamodels' own weights as a score file score the datamodels' LDS, and
+    random scores about zero, in one table with the datamodels."""
+    from datamodels.evaluate import lds
+
+    out, _ = tiny_run
+    weight = np.load(out / "datamodels.npz")["weight"]
+    np.save(tmp_path / "own.npy", weight)
+    np.save(tmp_path / "random.npy", np.random.default_rng(0).normal(size=weight.shape))
+    page_path = tmp_path / "methods.html"
+    assert main(["report", str(out), "--out", str(page_path), "--no-learning-curve",
+                 "--scores", f"own weights={tmp_path / 'own.npy'}", "--scores", f"random={tmp_path / 'random.npy'}"]) == 0
+    page = page_path.read_text()
+    assert "Attribution methods side by side" in page
+    cells = dict(re.findall(r'<tr><td class="l">([^<]+)</td><td class="">([^<]+)</td>', page))
+    expected = lds(out / "store", out / "datamodels.npz")["lds"]
+    assert float(cells["datamodels (this run)"]) == pytest.approx(expected, abs=1e-3)
+    assert cells["own weights"] == cells["datamodels (this run)"]
+    # Random scores: 50 held-out models give a per-target Spearman sd of about 0.14; the mean over
+    # the targets is far tighter than 0.15.
+    assert abs(float(cells["random"])) < 0.15
+    assert any(alt == "LDS per target of each attribution method" for alt, _ in images_of(page))
+    # a bad score file is a one-line error, and no page is written
+    np.save(tmp_path / "short.npy", weight[:10])
+    assert main(["report", str(out), "--out", str(tmp_path / "bad.html"), "--no-learning-curve",
+                 "--scores", f"short={tmp_path / 'short.npy'}"]) == 2
+    assert not (tmp_path / "bad.html").exists()
+
+
 def chromium(args, tmp_path, timeout=90):
     profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
     profile.mkdir()
