@@ -298,7 +298,8 @@ class _StackedMLP:
         # Per model, from its own generator: nn.Linear's default init U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         # of w1, b1, w2, b2 in that order, then the batch order of every epoch.
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        init = torch.empty(k, h + c, num_in + 2)  # rows: both layers' outputs; columns: [weight | bias]
+        # rows: both layers' outputs; columns: [weight | bias], as wide as the wider layer's fan-in
+        init = torch.empty(k, h + c, max(num_in, h) + 1)
         for i, g in enumerate(generators):
             for rows, fan_in in ((slice(0, h), num_in), (slice(h, h + c), h)):
                 fan_out = rows.stop - rows.start

@@ -5,18 +5,40 @@ one training example with a large weight, large against how much that target's m
 varies anyway, and, unlike a typical helpful example, that training example matters much
 less to every other target.  The score of a pair (test target t, training example j):
 
-    z_jt  = w_jt / sd_t                              (j's effect in units of t's margin spread)
-    score = z_jt * z_jt / (z_jt + max_{t' != t} z_jt')   (times how exclusive that effect is)
+    z_jt      = w_jt / sd_t                              (j's effect in units of t's margin spread)
+    behaviour = z_jt * z_jt / (z_jt + max_{t' != t} z_jt')   (times how exclusive that effect is)
+    score     = behaviour * (1 + c_jt) / 2                (times how alike the two images look)
 
-with sd_t the standard deviation of t's margin over the sweep's models and negative effects
-counted as 0.  The second factor is near 1 when t is the only target j moves, and at most
-1/2 when j moves another target at least as much.  A duplicate is only visible when it
-changes the model's behaviour: a copy of an easy test example barely moves its margin and
-stays invisible, to this score and to any other.
+with sd_t the standard deviation of t's margin over the sweep's models, negative effects
+counted as 0, and c_jt the cosine similarity of the two images' pixels after subtracting
+the training set's mean image (``pixel_similarity``; 0 where undefined).  The exclusivity
+factor is near 1 when t is the only target j moves, and at most 1/2 when j moves another
+target at least as much.  The pixel factor is 1 for identical images, about 1/2 for
+unrelated ones and 0 for opposite ones: among pairs with equally strong, exclusive effects
+it ranks those whose images look alike first, and it halves a pair of unrelated images
+without removing it (``pixels=False`` ranks by ``behaviour`` alone).  On planted copies in
+the digits (benchmarks/leakage.py) the behavioural score alone ranked one of 20 copies below
+the top 2n, behind natural pairs of dissimilar images; with the pixel factor all were in it.
+A duplicate is only visible when it changes the model's behaviour: a copy of an easy test
+example barely moves its margin and stays invisible, to this score and to any other.
+
+Each listed pair comes with two figures that tell a near-duplicate from a spurious weight
+(``pair_details``): ``similarity``, the cosine similarity of the two images' pixels after
+subtracting the training set's mean image (1 for identical images), with ``pixel_rank``,
+where the training image ranks among all training images by that similarity to the target
+(1: its nearest); and ``effect``, measured on the store without the datamodels: the target's
+mean margin over fitting models whose subset holds the training example minus over those
+without, also in units of the target's margin standard deviation (``effect_sd``).  A large
+weight with a small measured effect is the regression's doing, not the models'.
 
 ``plant_duplicates`` builds a data set with known duplicates (noisy copies of chosen test
 examples appended to the training set), and ``planted_effects`` measures each planted
 pair's true effect from a sweep over it, so the score can be checked against ground truth.
+Where the noise goes matters for a model on standardised pixels, such as the MLP worker: a
+pixel that is blank in nearly every training image (the digits' borders) has a tiny
+standard deviation, so a grey level of 1 there puts the copy many standard deviations away
+from its original in the model's input space, and the copy stops acting as a duplicate.
+``noise_on="ink"`` adds the noise only where the original has ink.
 """
 from __future__ import annotations
 
@@ -29,8 +51,34 @@ from ..errors import DatamodelsError
 from ._run import Run, open_run
 
 
-def scores(run: Union[Run, str]) -> np.ndarray:
-    """Leakage scores [N_train, T] (0 for targets that are training examples themselves)."""
+def scores(run: Union[Run, str], pixels: bool = True) -> np.ndarray:
+    """Leakage scores [N_train, T] (0 for targets that are training examples themselves);
+    ``pixels=False``: the behavioural score alone, without the pixel-similarity factor."""
+    run = open_run(run)
+    s = behaviour_scores(run)
+    if pixels:
+        s *= (1.0 + np.nan_to_num(pixel_similarities(run), nan=0.0)) / 2
+    return s
+
+
+def pixel_similarities(run: Union[Run, str], chunk: int = 4096) -> np.ndarray:
+    """``pixel_similarity`` of every (training example, target) pair [N_train, T], float32."""
+    run = open_run(run)
+    x_train, _ = run.images("train")
+    mean = x_train.reshape(len(x_train), -1).astype(np.float64).mean(0)
+    x_t, _ = run.target_images(np.arange(run.num_targets))
+    t = _centred_pixels(x_t, mean).astype(np.float32)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    out = np.empty((run.num_train, run.num_targets), dtype=np.float32)
+    for start in range(0, run.num_train, chunk):
+        a = _centred_pixels(x_train[start:start + chunk], mean).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + chunk] = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ t.T
+    return out
+
+
+def behaviour_scores(run: Union[Run, str]) -> np.ndarray:
+    """The behavioural part of the leakage score [N_train, T]: z * z / (z + rival)."""
     run = open_run(run)
     _, sd = run.margin_moments()
     test = run.is_test_target()
@@ -48,13 +96,16 @@ def scores(run: Union[Run, str]) -> np.ndarray:
     return np.nan_to_num(s, nan=0.0).astype(np.float32)
 
 
-def leakage(run: Union[Run, str], *, k: int = 20, known: Optional[Iterable[Tuple[int, int]]] = None) -> dict:
+def leakage(run: Union[Run, str], *, k: int = 20, known: Optional[Iterable[Tuple[int, int]]] = None,
+            pixels: bool = True) -> dict:
     """The ``k`` highest-scoring (test target, training example) pairs, and with ``known``
-    duplicate pairs (target, train index) their ranks and precision/recall in the top k."""
+    duplicate pairs (target, train index) their ranks and precision/recall in the top k.
+    Each pair comes with its ``weight``, ``behaviour`` score and ``pair_details``."""
     run = open_run(run)
     if int(k) < 1:
         raise DatamodelsError(f"--k must be >= 1, got {k}")
-    S = scores(run)
+    B = behaviour_scores(run)
+    S = B * ((1.0 + np.nan_to_num(pixel_similarities(run), nan=0.0)) / 2) if pixels else B
     flat = S.T.reshape(-1)  # target-major: index = t * N + j
     N = S.shape[0]
     k = min(int(k), flat.size)
@@ -62,12 +113,101 @@ def leakage(run: Union[Run, str], *, k: int = 20, known: Optional[Iterable[Tuple
     top = top[np.lexsort((top, -flat[top]))]  # by score, ties by index
     W = run.weight
     pairs = [{"rank": r + 1, "target": int(i // N), "train": int(i % N), "score": float(flat[i]),
-              "weight": float(W[i % N, i // N])} for r, i in enumerate(top)]
-    result = {"k": k, "fingerprint": run.fingerprint(), "pairs": pairs}
+              "weight": float(W[i % N, i // N]), "behaviour": float(B[i % N, i // N])} for r, i in enumerate(top)]
+    for p, d in zip(pairs, pair_details(run, [(p["target"], p["train"]) for p in pairs])):
+        p.update({key: d[key] for key in DETAILS})
+    result = {"k": k, "fingerprint": run.fingerprint(), "pixels": bool(pixels), "pairs": pairs}
     if known is not None:
         known = [(run.check_target(t), _check_train(j, N)) for t, j in known]
         result["known"] = evaluate_known(S, known, k)
+        for p, d in zip(result["known"]["pairs"], pair_details(run, known)):
+            p.update({key: d[key] for key in DETAILS})
     return result
+
+
+# What ``pair_details`` adds to each listed pair.
+DETAILS = ("similarity", "pixel_rank", "effect", "effect_sd")
+
+
+def pair_details(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], chunk: int = 8192) -> List[dict]:
+    """For each (target, train) pair: ``similarity`` and ``pixel_rank`` of the two images
+    (``pixel_similarity``), and the pair's ``effect`` measured on the store (``measured_effects``)
+    with ``effect_sd``, that effect over the target's margin standard deviation."""
+    run = open_run(run)
+    pairs = [(run.check_target(t), _check_train(j, run.num_train)) for t, j in pairs]
+    if not pairs:
+        return []
+    sim, rank = pixel_similarity(run, pairs)
+    effects = measured_effects(run, pairs, chunk=chunk)
+    _, sd = run.margin_moments()
+    out = []
+    for (t, j), s, r, e in zip(pairs, sim, rank, effects):
+        out.append({"target": int(t), "train": int(j), "similarity": float(s), "pixel_rank": int(r),
+                    "effect": float(e), "margin_std": float(sd[t]),
+                    "effect_sd": float(e / sd[t]) if sd[t] > 0 else float("nan")})
+    return out
+
+
+def _centred_pixels(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1).astype(np.float64) - mean
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` with each row of ``b`` [len(a), len(b)]; NaN where
+    a row is all zeros."""
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a @ b.T) / (na * nb.T)
+
+
+def pixel_similarity(run: Union[Run, str], pairs: Sequence[Tuple[int, int]]) -> Tuple[np.ndarray, np.ndarray]:
+    """Pixel-space similarity of each (target, train) pair's two images: the cosine similarity of
+    their pixels after subtracting the training set's mean image (1 for identical images, about
+    0 for unrelated ones; the raw pixels of any two digits would share much of their direction),
+    and the training image's rank by that similarity among all training images (1: the target's
+    nearest).  NaN where an image equals the mean image."""
+    run = open_run(run)
+    x_train, _ = run.images("train")
+    mean = x_train.reshape(len(x_train), -1).astype(np.float64).mean(0)
+    train = _centred_pixels(x_train, mean)
+    targets = sorted({t for t, _ in pairs})
+    x_t, _ = run.target_images(targets)
+    sims = cosine_rows(_centred_pixels(x_t, mean), train)  # [targets, N]
+    row = {t: i for i, t in enumerate(targets)}
+    sim = np.array([sims[row[t], j] for t, j in pairs])
+    rank = np.array([int((np.nan_to_num(sims[row[t]], nan=-np.inf) > np.nan_to_num(sims[row[t], j], nan=-np.inf)).sum())
+                     + 1 for t, j in pairs])
+    return sim, rank
+
+
+def measured_effects(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], chunk: int = 8192) -> np.ndarray:
+    """Each (target t, train j) pair's effect measured on the store, without the datamodels: t's
+    mean margin over the fitting models whose subset holds j, minus its mean over those without
+    (one pass over the store in chunks of rows)."""
+    run = open_run(run)
+    rows = run.store.rows("fit")
+    if len(rows) == 0:
+        raise DatamodelsError(f"store {run.store.path} has no completed fitting models")
+    ts = np.array([run.check_target(t) for t, _ in pairs], dtype=np.int64)
+    js = np.array([_check_train(j, run.num_train) for _, j in pairs], dtype=np.int64)
+    cols = run.columns[ts]
+    has_n = np.zeros(len(js))
+    has_sum = np.zeros(len(js))
+    total = np.zeros(len(js))
+    for start in range(0, len(rows), chunk):
+        r = rows[start:start + chunk]
+        has = np.asarray(run.store.masks[r], dtype=bool)[:, js]
+        y = np.asarray(run.store.margins[r], dtype=np.float64)[:, cols]
+        has_n += has.sum(0)
+        has_sum += np.where(has, y, 0.0).sum(0)
+        total += y.sum(0)
+    without_n = len(rows) - has_n
+    bad = (has_n == 0) | (without_n == 0)
+    if bad.any():
+        j = int(js[np.flatnonzero(bad)[0]])
+        raise DatamodelsError(f"training example {j} is in every or no fitting subset; its effect is undefined")
+    return has_sum / has_n - (total - has_sum) / without_n
 
 
 def _check_train(j, n: int) -> int:
@@ -128,16 +268,27 @@ def hardest_targets(run: Union[Run, str], n: int) -> np.ndarray:
 
 
 def plant_duplicates(data_dir, test_indices: Sequence[int], out_path, *, noise: float = 0.05,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, noise_on: str = "all", shift: float = 0.0) -> dict:
     """Write ``out_path`` (.npz for ``data.source=npz``): the prepared data of ``data_dir`` with a
     noisy copy of each chosen test example appended to the training set.
 
     ``noise`` is the standard deviation of the added Gaussian noise as a fraction of the pixel
-    range.  Returns ``{"path", "pairs": [(test index, train index of its copy)], ...}``."""
+    range; ``noise_on`` is ``all`` (every pixel) or ``ink`` (only pixels above the background
+    level of the, possibly shifted, original).  ``shift`` > 0 first moves each copy by a random
+    offset drawn uniformly from [-shift, shift] pixels along each axis (bilinear interpolation,
+    background filling in).  Returns ``{"path", "pairs": [(test index, train index of its copy)],
+    "offsets", ...}``."""
     from ..prepare import load_arrays
 
+    if noise_on not in ("all", "ink"):
+        raise DatamodelsError(f"noise_on must be 'all' or 'ink', got {noise_on!r}")
+    if not noise >= 0:
+        raise DatamodelsError(f"noise must be >= 0 (a fraction of the pixel range), got {noise}")
     x_train, y_train = load_arrays(data_dir, "train")
     x_test, y_test = load_arrays(data_dir, "test")
+    if not 0 <= shift < min(x_test.shape[1:3]) / 2:
+        raise DatamodelsError(f"shift must be >= 0 and below half the image size ({min(x_test.shape[1:3]) / 2:g} "
+                              f"pixels), got {shift}")
     idx = np.asarray(test_indices, dtype=np.int64)
     if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(y_test):
         raise DatamodelsError(f"test indices to copy must lie in 0..{len(y_test) - 1}")
@@ -146,7 +297,17 @@ def plant_duplicates(data_dir, test_indices: Sequence[int], out_path, *, noise: 
     lo, hi = (0.0, 255.0) if x_test.dtype == np.uint8 else (float(x_test.min()), float(x_test.max()))
     if x_test.dtype == np.uint8:
         hi = float(max(x_train.max(), x_test.max()))  # digits use 0..16, not the whole byte
-    copies = np.clip(copies + rng.normal(0.0, noise * (hi - lo), copies.shape), lo, hi)
+    pixel_noise = rng.normal(0.0, noise * (hi - lo), copies.shape)
+    offsets = np.zeros((len(idx), 2))
+    if shift > 0:
+        from scipy.ndimage import shift as move
+
+        offsets = rng.uniform(-shift, shift, (len(idx), 2))
+        copies = np.stack([move(c, (dy, dx) + (0,) * (c.ndim - 2), order=1, mode="grid-constant", cval=lo)
+                           for c, (dy, dx) in zip(copies, offsets)])
+    if noise_on == "ink":
+        pixel_noise = pixel_noise * (copies > lo + 0.01 * (hi - lo))
+    copies = np.clip(copies + pixel_noise, lo, hi)
     if x_test.dtype == np.uint8:
         copies = np.rint(copies).astype(np.uint8)
     else:
@@ -157,34 +318,23 @@ def plant_duplicates(data_dir, test_indices: Sequence[int], out_path, *, noise: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out_path, x_train=x_new, y_train=y_new, x_test=x_test, y_test=y_test)
     pairs = [(int(t), len(y_train) + i) for i, t in enumerate(idx)]
-    return {"path": str(out_path), "pairs": pairs, "num_train": len(y_new), "noise": float(noise)}
+    return {"path": str(out_path), "pairs": pairs, "num_train": len(y_new), "noise": float(noise),
+            "noise_on": noise_on, "shift": float(shift), "offsets": offsets.round(4).tolist()}
 
 
 def planted_effects(run: Union[Run, str], pairs: Sequence[Tuple[int, int]]) -> List[dict]:
     """Each planted pair's true effect, from the sweep itself: the target's mean margin over
     fitting models whose subset holds the copy, minus over those without; and that target's
     margin standard deviation across models."""
-    run = open_run(run)
-    rows = run.store.rows("fit")
-    if len(rows) == 0:
-        raise DatamodelsError(f"store {run.store.path} has no completed fitting models")
-    out = []
-    for t, j in pairs:
-        t, j = run.check_target(t), _check_train(j, run.num_train)
-        has = np.asarray(run.store.masks[rows, j], dtype=bool)
-        if has.all() or not has.any():
-            raise DatamodelsError(f"training example {j} is in every or no fitting subset; its effect is undefined")
-        y = np.asarray(run.store.margins[rows, run.columns[t]], dtype=np.float64)
-        out.append({"target": int(t), "train": int(j), "effect": float(y[has].mean() - y[~has].mean()),
-                    "margin_std": float(y.std())})
-    return out
+    return [{k: d[k] for k in ("target", "train", "effect", "margin_std", "effect_sd", "similarity", "pixel_rank")}
+            for d in pair_details(run, pairs)]
 
 
-def planted_check(run: Union[Run, str], pairs: Sequence[Tuple[int, int]]) -> dict:
+def planted_check(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], pixels: bool = True) -> dict:
     """The planted-leakage criterion: every planted pair whose true effect exceeds one standard
     deviation of its target's margin ranks within the top 2n pairs (n planted pairs)."""
     run = open_run(run)
-    S = scores(run)
+    S = scores(run, pixels=pixels)
     effects = planted_effects(run, pairs)
     r = ranks(S, [(e["target"], e["train"]) for e in effects])
     n = len(pairs)
