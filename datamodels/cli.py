@@ -245,12 +245,15 @@ def cmd_leakage(args) -> int:
     if args.json:
         _print_json(result)
         return 0
-    print("(target, training example) pairs most likely to be near-duplicates")
-    print(format_table(result["pairs"], ["rank", "target", "train", "score", "weight"]))
+    print("(target, training example) pairs most likely to be near-duplicates; similarity: pixel cosine (mean image "
+          "subtracted); effect: margin with minus without the example, measured on the store (effect_sd: in sd)")
+    print(format_table(result["pairs"], ["rank", "target", "train", "score", "weight", "similarity", "pixel_rank",
+                                         "effect", "effect_sd"]))
     if "known" in result:
         kn = result["known"]
         print(f"\nknown pairs: precision@{args.k} = {kn['precision_at_k']:.3f}, recall@{args.k} = {kn['recall_at_k']:.3f}")
-        print(format_table(kn["pairs"], ["target", "train", "rank", "score"]))
+        print(format_table(kn["pairs"], ["target", "train", "rank", "score", "similarity", "pixel_rank", "effect",
+                                         "effect_sd"]))
     return 0
 
 

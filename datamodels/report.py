@@ -491,8 +491,9 @@ def _leakage(run: Run) -> str:
     x_t, y_t = run.target_images([p["target"] for p in pairs])
     cells = []
     for i, p in enumerate(pairs):
-        cells.append([(x_t[i], f"target {p['target']} ({y_t[i]})", "#1d2330"),
-                      (x_train[p["train"]], f"train #{p['train']} ({y_train[p['train']]})", "#e4572e")])
+        cells.append([(x_t[i], f"#{p['rank']} target {p['target']} ({y_t[i]})", "#1d2330"),
+                      (x_train[p["train"]], f"train #{p['train']} ({y_train[p['train']]})\n"
+                                            f"cos {p['similarity']:.2f}, {p['effect_sd']:+.1f} sd", "#e4572e")])
     cols = 4
     grid = []
     for start in range(0, len(cells), cols):
@@ -501,14 +502,22 @@ def _leakage(run: Run) -> str:
             row += pair
         grid.append(row)
     fig = _image_rows(grid, [""] * len(grid), cell=1.1)
-    rows = [{"rank": p["rank"], "target": p["target"], "train": p["train"], "score": p["score"], "weight": p["weight"]}
-            for p in pairs]
+    rows = [{"rank": p["rank"], "target": p["target"], "train": p["train"], "score": p["score"], "weight": p["weight"],
+             "pixel similarity": p["similarity"], "pixel rank": p["pixel_rank"], "measured effect": p["effect"],
+             "effect (sd)": p["effect_sd"]} for p in pairs]
     return _section("Possible train-test leakage",
                     "(target, training example) pairs in which one training example carries an outsized share of the "
                     "target's datamodel while mattering little to other targets, as a near-duplicate would; highest "
-                    "scores first, each pair side by side. A duplicate of an easy example barely changes the model "
-                    "and stays invisible here.", _img(fig, "leakage pairs")
-                    + _table(rows, ["rank", "target", "train", "score", "weight"]))
+                    "scores first, each pair side by side. Under each training image: the cosine similarity of the "
+                    "two images' pixels (training mean image subtracted; 1 for identical images) and the pair's "
+                    "effect measured on the store (the target's mean margin over models trained with the example "
+                    "minus without, in standard deviations of its margin). A near-duplicate has both high; a large "
+                    "weight whose measured effect is small is the regression's, not the models'; a similar image "
+                    "with no effect does not change the models. Pixel rank 1: no training image is more similar to "
+                    "the target. A duplicate of an easy example barely changes the model and stays invisible here.",
+                    _img(fig, "leakage pairs")
+                    + _table(rows, ["rank", "target", "train", "score", "weight", "pixel similarity", "pixel rank",
+                                    "measured effect", "effect (sd)"]))
 
 
 def _embeddings(run: Run, seed: int) -> str:
