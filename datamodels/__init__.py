@@ -9,6 +9,8 @@ The Python API mirrors the command line, one function per stage::
     datamodels.live_lds("runs/digits/store")      # the sweep's live LDS checkpoints and forecast
     dm = datamodels.fit("runs/digits/store", "runs/digits/datamodels.npz")
     datamodels.lds("runs/digits/store", dm)       # {"lds": ..., "per_target": ...}
+    datamodels.lds("runs/digits/store", scores="trak.npy")  # any method's N_train x N_targets scores
+    datamodels.Store("STORE", spec="spec.json", eval_rows="9000:10000")  # a reference-layout store
     datamodels.top(dm, target=3), datamodels.nearest(dm, target=3)
     datamodels.run(cfg)                           # all of the above, with metrics.json
     datamodels.report("runs/digits")              # runs/digits/report.html
