@@ -125,6 +125,15 @@ def load_scores(scores, store: Store, transpose: bool = False) -> np.ndarray:
         if not path.is_file():
             raise DatamodelsError(f"{name} not found")
         try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+        except OSError as exc:
+            raise DatamodelsError(f"{name}: cannot read it ({exc.strerror or exc})") from None
+        if magic[:2] == b"PK":
+            raise DatamodelsError(f"{name} is not an .npy file of one array (an .npz archive?)")
+        if magic != b"\x93NUMPY":
+            raise DatamodelsError(f"{name} is not a readable .npy file (no .npy header)")
+        try:
             scores = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise DatamodelsError(f"{name} is not a readable .npy file ({_first_line(exc)})") from None
