@@ -49,6 +49,7 @@ which needs every row in memory as float64, is skipped.
     python benchmarks/regression.py --size digits [--store runs/digits/store]
     python benchmarks/regression.py --size outofcore      # 1.4 GB of masks, 1 GiB memory cap
     python benchmarks/regression.py --size digits --emulate avx2
+    python benchmarks/regression.py --size scale          # time and memory as N grows (regression_scale.py)
 
 Results go to ``benchmarks/results/regression_<size>[_avx2].json``, with the machine's CPU capability.
 """
@@ -83,7 +84,7 @@ PATH_SETTINGS = dict(val_fraction=0.1, num_lambdas=40, lambda_min_ratio=1e-3, se
 
 
 # ---- stores ---------------------------------------------------------------------------------
-def synthetic_store(path: Path, num_train, num_targets, num_fit, num_eval, planted, seed=0):
+def synthetic_store(path: Path, num_train, num_targets, num_fit, num_eval, planted, seed=0, return_truth=False):
     from datamodels.store import Store
 
     store = Store.create(path, num_train=num_train, num_targets=num_targets, alpha=0.5, seed=seed)
@@ -99,7 +100,7 @@ def synthetic_store(path: Path, num_train, num_targets, num_fit, num_eval, plant
         x = np.asarray(store.masks[rows], dtype=np.float64)
         y = x @ weight + bias + rng.normal(0, 1.0, (len(rows), num_targets))
         store.write(rows, y.astype(np.float32))
-    return store
+    return (store, weight, bias) if return_truth else store
 
 
 # ---- the methods, each run in a child process --------------------------------------------------
@@ -299,7 +300,11 @@ def measure(method: str, store: Path, work: Path, emulate: str = None) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=["quick", "large", "digits", "outofcore"], default="quick")
+    p.add_argument("--size", choices=["quick", "large", "digits", "outofcore", "scale"], default="quick")
+    p.add_argument("--n", help="scale: training examples, comma-separated (default 2000,5000,10000,20000)")
+    p.add_argument("--models", type=int, help="scale: fitting models per store (default min(2N, 6000))")
+    p.add_argument("--targets", type=int, default=100, help="scale: targets per store")
+    p.add_argument("--eval", type=int, default=500, help="scale: held-out models per store")
     p.add_argument("--store", help="store to use (digits: default runs/digits/store; synthetic sizes: "
                                    "reused if it exists, else created there)")
     p.add_argument("--mem-cap-gb", type=float, default=None,
@@ -313,6 +318,10 @@ def main(argv=None) -> int:
                    help="runs of celer and skglm, which take minutes here and are never the fastest rival")
     p.add_argument("--out", help="JSON path (default benchmarks/results/regression_<size>.json)")
     args = p.parse_args(argv)
+    if args.size == "scale":  # its own protocol: one fit per N, under /usr/bin/time
+        from regression_scale import run
+
+        return run(args, synthetic_store, machine_info)
     if args.mem_cap_gb is None:
         args.mem_cap_gb = DEFAULT_CAP_GB.get(args.size)
 

@@ -263,3 +263,58 @@ def test_streamed_fit_memory_does_not_grow_with_models(tmp_path):
         sizes[name] = _peak_rss_of_fit(tmp_path / name, chunk_rows=500)
     extra_mask_kib = (128000 - 4000) * 1500 / 1024
     assert sizes["large"] - sizes["small"] < 0.3 * extra_mask_kib, sizes
+
+
+def test_standardising_in_place_is_undone_exactly():
+    # The standardised Gram overwrites the counts XᵀX; the refit needs them back bit for bit.
+    # Rows 3 and 40 are constant (never and always in), so their entries are kept aside.
+    import torch
+    from datamodels.fit import _Stats, _standardise, _Validation
+
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.random((3000, 300)) < 0.5)
+    masks[:, 3], masks[:, 40] = False, True
+    train, val = _Stats.zeros(300, 2, torch.float32, "cpu"), _Stats.zeros(300, 2, torch.float32, "cpu")
+    y = torch.from_numpy(rng.normal(size=(3000, 2)))
+    train.add(masks[:2700], y[:2700])
+    val.add(masks[2700:], y[2700:])
+    xx_train, xx_val = train.xx.clone(), val.xx.clone()
+    prob = _standardise(train, torch.float32)
+    valid = _Validation(prob, val, torch.float32)
+    assert prob.G.data_ptr() == xx_train.data_ptr() or train.xx is None  # no second N×N copy
+    assert torch.equal(prob.centring.undo(prob.G), xx_train)
+    assert torch.equal(valid.centring.undo(valid.G), xx_val)
+
+
+def test_memory_estimate_matches_the_measured_peak(tmp_path):
+    # Peak resident memory of a fresh process over its memory before the fit, against
+    # ``memory_estimate``.  At N = 4,000 the two Grams (2 × 61 MiB) and a chunk of masks
+    # dominate; margins from a sparse truth keep the solve short (N > rows would not).
+    import subprocess
+    import sys
+
+    num_train, models, targets = 4000, 5000, 20
+    store = Store.create(tmp_path / "s", num_train=num_train, num_targets=targets, alpha=0.5, seed=0)
+    store.grow(models, 0)
+    rng = np.random.default_rng(0)
+    weight = np.zeros((num_train, targets))
+    weight[rng.choice(num_train, 5 * targets, replace=False), np.repeat(np.arange(targets), 5)] = 1.0
+    rows = np.arange(models)
+    store.write(rows, margins(store, rows, weight, np.zeros(targets)))
+    code = ("from datamodels.fit import fit, memory_estimate; "
+            "rss = lambda key: int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith(key))); "
+            "before = rss('VmRSS'); "
+            f"fit({str(tmp_path / 's')!r}, progress=False, num_lambdas=8); "
+            f"print(rss('VmHWM') - before, memory_estimate({num_train}, {targets}, {models})['host'] // 1024)")
+    measured, estimate = map(int, subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                                 text=True).stdout.split())
+    assert abs(estimate - measured) <= 0.25 * measured, (measured, estimate)
+
+
+def test_a_fit_too_large_for_memory_stops_before_reading(tmp_path):
+    store = Store.create(tmp_path / "s", num_train=200_000, num_targets=2, alpha=0.5, seed=0)
+    store.grow(40, 0)
+    store.write(np.arange(40), np.zeros((40, 2), np.float32))
+    with pytest.raises(DatamodelsError, match=r"^fit needs about 298\.\d GiB .* but [\d.]+ GiB is available: "
+                                              r"fit on a device with more memory \(--device cuda\)"):
+        fit(store, progress=False)
