@@ -87,10 +87,21 @@ def cmd_fit(args) -> int:
     dm = fit(store, args.out, device=args.device, val_fraction=args.val_fraction,
              num_lambdas=args.num_lambdas, lambda_min_ratio=args.lambda_min_ratio, seed=args.seed,
              chunk_rows=args.chunk_rows, max_iter=args.max_iter, tol=args.tol, address=args.address,
-             slices=args.slices)
+             slices=args.slices, targets=_target_range(args.targets))
     print(f"fitted {dm['weight'].shape[1]} datamodels over {dm['weight'].shape[0]} training examples "
           f"from {int(dm['num_models'])} models -> {args.out}")
     return 0
+
+
+def _target_range(text):
+    """``--targets A:B`` as a slice of the store's target columns (either end may be empty)."""
+    if text is None:
+        return None
+    try:
+        start, stop = (int(v) if v.strip() else None for v in text.split(":"))
+    except ValueError:
+        raise DatamodelsError(f"--targets must be A:B (target columns A to B-1), got {text!r}") from None
+    return slice(start, stop)
 
 
 def _run_paths(args):
@@ -362,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-iter", type=int, default=300, help="solver iterations per λ")
     sp.add_argument("--tol", type=float, default=1e-4, help="stop when weights change by less than this, relatively")
     sp.add_argument("--chunk-rows", type=int, default=8192, help="store rows read at a time (memory)")
+    sp.add_argument("--targets", help="fit target columns A:B only (datamodels of the rest: another call)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--address", help="Ray cluster to fit on ('local' starts one): targets are split into slices")
     sp.add_argument("--slices", type=int, help="target slices (Ray tasks); default: one per GPU or per node")

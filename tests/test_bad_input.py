@@ -192,6 +192,16 @@ def small_store(c: Ctx) -> None:
     store.write(np.arange(24), np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32))
 
 
+def wide_store(c: Ctx) -> None:
+    """A store of 200,000 training examples: its two XᵀX alone would take 298 GiB."""
+    from datamodels.store import Store
+
+    shutil.rmtree(c.store)
+    store = Store.create(c.store, num_train=200_000, num_targets=2, alpha=0.5, seed=0)
+    store.grow(40, 0)
+    store.write(np.arange(40), np.zeros((40, 2), np.float32))
+
+
 def lock_held(c: Ctx) -> None:
     """Another live process holds the store's lock while the command runs."""
     holder = subprocess.Popen(
@@ -335,6 +345,10 @@ CASES = [
          "cannot reach a Ray cluster at 127.0.0.1:", make=dead_port, max_s=20),
     Case("fit-no-completed-rows", "`fit` on a store with no completed models", ["fit", "--store", "{store}", "--out",
          "{dir}/dm.npz"], "no completed fitting rows", make=NO_COMPLETED),
+    Case("fit-targets-malformed", "`fit --targets` that is not a range", ["fit", "--store", "{store}", "--out",
+         "{dir}/dm.npz", "--targets", "3-5"], "--targets must be A:B (target columns A to B-1), got '3-5'"),
+    Case("fit-out-of-memory", "`fit` of a store whose Grams exceed the machine's memory",
+         ["fit", "--store", "{store}", "--out", "{dir}/dm.npz"], "fit needs about 298.", make=wide_store),
     # -- fitted datamodels -----------------------------------------------------------------------
     Case("datamodels-missing", "`evaluate` without a datamodels file", ["evaluate", "--run", "{run}"],
          "datamodels file not found", make=remove("datamodels.npz")),
