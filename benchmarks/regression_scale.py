@@ -83,6 +83,18 @@ print(json.dumps({**phases, "total_s": total, "gemm_rate_gflops": gemm_rate / 1e
 '''
 
 
+def _save(args, sizes, machine, results) -> Path:
+    report = {"size": "scale", "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
+              "settings": {"kernel": "chosen by datamodels.fit (probe)", "peak": "/usr/bin/time -v, max RSS",
+                           "models": "M = min(2N, 6000) unless --models"},
+              "results": results}
+    name = f"regression_scale{'_' + '_'.join(map(str, sizes)) if args.n else ''}.json"
+    path = Path(args.out) if args.out else HERE / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
 def run(args, synthetic_store, machine_info) -> int:
     from datamodels.evaluate import lds
     from datamodels.fit import load, memory_estimate
@@ -124,13 +136,6 @@ def run(args, synthetic_store, machine_info) -> int:
                   f"{r['step_s_median']:.2f} s per λ step), peak {r['peak_rss_mib']:,.0f} MiB "
                   f"(estimate {r['estimate_mib']:,.0f} + baseline; bound {r['bound_mib']:,.0f}), "
                   f"LDS {r['lds']:.3f} / oracle {r['oracle_lds']:.3f}", flush=True)
-    report = {"size": "scale", "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
-              "settings": {"kernel": "chosen by datamodels.fit (probe)", "peak": "/usr/bin/time -v, max RSS",
-                           "models": "M = min(2N, 6000) unless --models"},
-              "results": results}
-    name = f"regression_scale{'_' + '_'.join(map(str, sizes)) if args.n else ''}.json"
-    path = Path(args.out) if args.out else HERE / "results" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+            path = _save(args, sizes, machine, results)  # after every N: a stopped run keeps what it measured
     print(f"saved {path}")
     return 0

@@ -148,6 +148,10 @@ def test_every_command_on_a_reference_store(ref, tmp_path, capsys):
     assert item["predicted_change"] == pytest.approx(-np.sort(w1)[-2:].sum(), rel=1e-6)
     brittle = json.loads(run_cli(capsys, "brittleness", *with_dm).out)
     assert brittle["num_targets"] == T
+    # No images beside the store: leakage ranks by behaviour alone, the effects still measured.
+    leak = json.loads(run_cli(capsys, "leakage", "--k", 3, *with_dm).out)
+    assert not leak["pixels"] and len(leak["pairs"]) == 3
+    assert all(np.isnan(p["similarity"]) and np.isfinite(p["effect"]) for p in leak["pairs"])
     curve = json.loads(run_cli(capsys, "learning-curve", "--sizes", "300,600", "--num-targets", 0, *with_dm).out)
     assert [p["num_models"] for p in curve["points"]] == [300, 600] and curve["num_eval_models"] == 80
     assert curve["points"][1]["lds"] == pytest.approx(scores["lds"], abs=0.02)

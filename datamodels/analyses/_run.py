@@ -93,6 +93,11 @@ class Run:
         return self.path / "data"
 
     @property
+    def has_data(self) -> bool:
+        """Whether the run has its prepared data (a store of the reference pipeline may not)."""
+        return (self.data_dir / "meta.json").is_file()
+
+    @property
     def meta(self) -> dict:
         if self._meta is None:
             from ..prepare import read_meta
@@ -159,7 +164,7 @@ class Run:
 
     def is_test_target(self) -> np.ndarray:
         """[T] whether each datamodel column is a test example (not a training example)."""
-        if not (self.data_dir / "meta.json").is_file() and self.store.meta.get("targets", "test") == "test":
+        if not self.has_data and self.store.meta.get("targets", "test") == "test":
             return np.ones(len(self.columns), dtype=bool)  # a store without prepared data: its targets are test examples
         return self.columns < int(self.meta["num_test"])
 

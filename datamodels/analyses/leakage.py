@@ -53,10 +53,11 @@ from ._run import Run, open_run
 
 def scores(run: Union[Run, str], pixels: bool = True) -> np.ndarray:
     """Leakage scores [N_train, T] (0 for targets that are training examples themselves);
-    ``pixels=False``: the behavioural score alone, without the pixel-similarity factor."""
+    ``pixels=False``, or a run without prepared data (no images to compare): the behavioural
+    score alone, without the pixel-similarity factor."""
     run = open_run(run)
     s = behaviour_scores(run)
-    if pixels:
+    if pixels and run.has_data:
         s *= (1.0 + np.nan_to_num(pixel_similarities(run), nan=0.0)) / 2
     return s
 
@@ -105,6 +106,7 @@ def leakage(run: Union[Run, str], *, k: int = 20, known: Optional[Iterable[Tuple
     if int(k) < 1:
         raise DatamodelsError(f"--k must be >= 1, got {k}")
     B = behaviour_scores(run)
+    pixels = pixels and run.has_data  # a store without its images: behaviour alone
     S = B * ((1.0 + np.nan_to_num(pixel_similarities(run), nan=0.0)) / 2) if pixels else B
     flat = S.T.reshape(-1)  # target-major: index = t * N + j
     N = S.shape[0]
@@ -131,13 +133,16 @@ DETAILS = ("similarity", "pixel_rank", "effect", "effect_sd")
 
 def pair_details(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], chunk: int = 8192) -> List[dict]:
     """For each (target, train) pair: ``similarity`` and ``pixel_rank`` of the two images
-    (``pixel_similarity``), and the pair's ``effect`` measured on the store (``measured_effects``)
+    (``pixel_similarity``; NaN and 0 for a run without prepared data), and the pair's ``effect`` measured on the store (``measured_effects``)
     with ``effect_sd``, that effect over the target's margin standard deviation."""
     run = open_run(run)
     pairs = [(run.check_target(t), _check_train(j, run.num_train)) for t, j in pairs]
     if not pairs:
         return []
-    sim, rank = pixel_similarity(run, pairs)
+    if run.has_data:
+        sim, rank = pixel_similarity(run, pairs)
+    else:  # no images to compare (a store without prepared data)
+        sim, rank = np.full(len(pairs), np.nan), np.zeros(len(pairs), dtype=int)
     effects = measured_effects(run, pairs, chunk=chunk)
     _, sd = run.margin_moments()
     out = []
