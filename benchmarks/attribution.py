@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, save_result  # noqa: E402  (benchmarks/machine.py)
 
 
 def ensure_run(config_path: str, out: str) -> None:
@@ -272,9 +272,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["machine"] = machine_info("trak")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"-> {args.out}")
+    save_result(args.out, results)
     return 0
 
 

@@ -38,3 +38,14 @@ def machine_info(*packages: str) -> dict:
     for name in ("numpy", *packages):
         info[name] = importlib.import_module(name).__version__
     return info
+
+
+def save_result(path, report: dict) -> None:
+    """Write a benchmark's JSON (creating its folder) and say where."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

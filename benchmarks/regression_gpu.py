@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, save_result  # noqa: E402  (benchmarks/machine.py)
 
 # Dense TF32 tensor-core peaks (FLOP/s, without sparsity) from the vendors' data sheets.
 PEAKS = [("H100 PCIe", 378e12), ("H100", 494e12), ("H200", 494e12), ("GH200", 494e12), ("A100", 156e12)]
@@ -149,9 +149,7 @@ def main(argv=None) -> int:
     if args.smoke:
         assert recall_top_k > 0.9, "the smoke problem's planted weights were not recovered"
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        save_result(args.out, report)
     return 0
 
 

@@ -262,7 +262,7 @@ def main(argv=None) -> dict:
     from datamodels.prepare import prepare, read_meta
     from datamodels.store import Store
     from datamodels.sweep import resolve_worker, sweep
-    from machine import machine_info  # benchmarks/machine.py
+    from machine import machine_info, save_result  # benchmarks/machine.py
 
     info = machine_info("ray")
     info["bf16_matmul_x_slower_than_float32"] = bf16_slowdown()
@@ -427,9 +427,7 @@ def main(argv=None) -> dict:
         "runs": runs,
         "standalone": standalone_runs,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    save_result(out_path, report)
     return report
 
 

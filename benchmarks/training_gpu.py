@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+from machine import save_result  # noqa: E402  (benchmarks/machine.py)
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device name.
 PEAKS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
@@ -185,9 +185,7 @@ def main(argv=None) -> dict:
     }
     print(f"best K={best['models_per_task']}: {best['models_per_hour']:.0f} models/h, "
           f"{best['speedup_vs_k1']:.2f}x K=1")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    save_result(out_path, report)
     return report
 
 
