@@ -141,6 +141,46 @@ def summary(scores: dict) -> dict:
             **{k: round(float(scores["quantiles"][k]), 4) for k in ("p10", "median", "p90")}}
 
 
+def plot(results: dict, run: Path, path: Path) -> None:
+    """LDS against models trained and against wall seconds, for TRAK, datamodels and the floors.
+
+    Seconds: datamodels on n models cost n × (the run's sweep seconds per model, from
+    RUN/metrics.json) plus the fit; TRAK on c checkpoints costs c × (training + featurising
+    per checkpoint, as measured here) plus its finalising.  Both on the same 2-core machine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    per_model = metrics["sweep_s"] / metrics["num_models"]
+    trak = results["trak"]
+    per_checkpoint = (trak["checkpoint_training_s"] + trak["featurize_and_score_s"]) / max(
+        r["checkpoints"] for r in trak["by_checkpoints"])
+    dm = [(r["num_models"], r["num_models"] * per_model + r["fit_s"], r["lds"]) for r in results["datamodels"]]
+    tk = [(r["checkpoints"], r["checkpoints"] * per_checkpoint + r["finalize_s"], r["lds"])
+          for r in trak["by_checkpoints"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, x, label in ((axes[0], 0, "models (datamodels) or checkpoints (TRAK) trained"),
+                         (axes[1], 1, "wall seconds on the 2-core machine (training + attribution)")):
+        ax.plot([p[x] for p in dm], [p[2] for p in dm], "o-", label="datamodels (first n models)")
+        ax.plot([p[x] for p in tk], [p[2] for p in tk], "s-", label="TRAK (full-set checkpoints)")
+        for name, floor in results["floors"].items():
+            ax.axhline(floor["lds"], ls=":", c="grey")
+            ax.text(0.01, floor["lds"] + 0.01, name.replace("_", " "), fontsize=8, color="grey",
+                    transform=ax.get_yaxis_transform())
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("LDS (held-out models)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"digits default: {per_model * 1e3:.0f} ms per α-model in the sweep, "
+                 f"{per_checkpoint:.2f} s per TRAK checkpoint", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
@@ -153,7 +193,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(HERE / "results" / "attribution.json"))
     p.add_argument("--only", choices=["trak"], help="rerun only TRAK, keeping the other entries of --out")
+    p.add_argument("--plot", action="store_true", help="only redraw the figure from --out (and RUN/metrics.json)")
     args = p.parse_args(argv)
+    if args.plot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.run), Path(args.out).with_suffix(".png"))
+        return 0
     torch.manual_seed(args.seed)
 
     from datamodels import config as config_lib
@@ -273,6 +317,7 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     results["machine"] = machine_info("trak")
     save_result(args.out, results)
+    plot(results, Path(args.run), Path(args.out).with_suffix(".png"))
     return 0
 
 
