@@ -237,8 +237,12 @@ def _check_memory(store: Store, num_targets: int, num_rows: int, device, chunk_r
     if os.environ.get("DATAMODELS_SKIP_MEMORY_CHECK") or free < 0 or amount <= free:
         return need
     gib = lambda b: f"{b / 2 ** 30:.1f} GiB"
-    hint = ("fit fewer targets at a time (--targets A:B, or --slices S --address ADDR to spread them over a "
-            "cluster)" if need["targets"] > need["gram"] else "fit on a device with more memory (--device cuda)")
+    if need["targets"] > need["gram"]:
+        hint = "fit fewer targets at a time (--targets A:B, or --slices S --address ADDR to spread them over a cluster)"
+    elif dev.type == "cuda":
+        hint = "fit on a GPU with more memory, or on the host (--device cpu) if it has more"
+    else:
+        hint = "fit on a device with more memory (--device cuda)"
     raise DatamodelsError(f"fit needs about {gib(amount)} ({store.num_train:,} training examples: {gib(need['gram'])} "
                           f"for two XᵀX; {num_targets:,} targets: {gib(need['targets'])}) but {gib(free)} is {where}: "
                           f"{hint}, or set DATAMODELS_SKIP_MEMORY_CHECK=1 to try anyway")
