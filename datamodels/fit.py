@@ -228,14 +228,14 @@ def _available_memory(device) -> Tuple[int, str]:
     return (free if free is not None else -1), "available"
 
 
-def _check_memory(store: Store, num_targets: int, num_rows: int, device, chunk_rows: int) -> dict:
+def _check_memory(store: Store, num_targets: int, num_rows: int, device, chunk_rows: int) -> None:
     """Stop before reading the store if the fit cannot fit in memory (instead of the OOM killer)."""
     need = memory_estimate(store.num_train, num_targets, num_rows, device, chunk_rows)
     dev = torch.device(device)
     amount = need["device"] if dev.type == "cuda" else need["host"]
     free, where = _available_memory(dev)
     if os.environ.get("DATAMODELS_SKIP_MEMORY_CHECK") or free < 0 or amount <= free:
-        return need
+        return
     gib = lambda b: f"{b / 2 ** 30:.1f} GiB"
     if need["targets"] > need["gram"]:
         hint = "fit fewer targets at a time (--targets A:B, or --slices S --address ADDR to spread them over a cluster)"
