@@ -18,19 +18,43 @@ The Python API mirrors the command line, one function per stage::
 The analyses (counterfactuals, brittleness, leakage, embeddings, learning curve) live in
 ``datamodels.analyses``.
 """
-# Stage functions share their modules' names (datamodels.fit is the function, the module is
-# datamodels.fit in sys.modules): imported eagerly so the names always mean the functions.
-from .errors import DatamodelsError
-from .config import load as load_config
-from .store import Store
-from .prepare import prepare
-from .sweep import sweep
-from .checkpoints import live_lds
-from .fit import fit, predict
-from .evaluate import lds
-from .query import top, nearest
-from .pipeline import run
-from .report import report
+import importlib
+import sys
+import types
 
-__all__ = ["DatamodelsError", "load_config", "Store", "prepare", "sweep", "live_lds", "fit", "predict", "lds", "top",
-           "nearest", "run", "report"]
+from .errors import DatamodelsError
+
+# name -> (module, attribute).  Each is imported on first use: the stages pull in torch, Ray
+# and FFCV, seconds of start-up that `datamodels --help` or a command stopped by a bad config
+# should not pay.
+_API = {"load_config": ("config", "load"), "Store": ("store", "Store"), "prepare": ("prepare", "prepare"),
+        "sweep": ("sweep", "sweep"), "live_lds": ("checkpoints", "live_lds"), "fit": ("fit", "fit"),
+        "predict": ("fit", "predict"), "lds": ("evaluate", "lds"), "top": ("query", "top"),
+        "nearest": ("query", "nearest"), "run": ("pipeline", "run"), "report": ("report", "report")}
+
+__all__ = ["DatamodelsError", *_API]
+
+
+class _Package(types.ModuleType):
+    """Stage functions share their modules' names (``datamodels.fit`` is the function, the module
+    is ``sys.modules["datamodels.fit"]``): the import system's binding of a submodule to its
+    name on the package is skipped for those names, so they always mean the functions."""
+
+    def __getattr__(self, name):
+        if name not in _API:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        self.__dict__[name] = value
+        return value
+
+    def __setattr__(self, name, value):
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(_API))
+
+
+sys.modules[__name__].__class__ = _Package

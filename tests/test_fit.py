@@ -319,3 +319,45 @@ def test_a_fit_too_large_for_memory_stops_before_reading(tmp_path):
     with pytest.raises(DatamodelsError, match=r"^fit needs about 298\.\d GiB .* but [\d.]+ GiB is available: "
                                               r"fit on a device with more memory \(--device cuda\)"):
         fit(store, progress=False)
+
+
+def test_working_sets_are_capped_and_the_solution_is_the_lasso_optimum():
+    # Fewer rows than features (M < N): at this λ the strong rule keeps over twice as many
+    # features as the working-set cutoff (max(16, N/20) = 20) while the solution has fewer, so
+    # the capped solver works on the support plus the highest-|Rⱼ| candidates instead of all N.  Its
+    # answer is checked against scikit-learn's coordinate descent on the same standardised data.
+    import torch
+    from sklearn.linear_model import Lasso
+
+    from datamodels.fit import _Lasso, _prioritised
+
+    rng = np.random.default_rng(0)
+    n, N = 150, 400
+    X = (rng.random((n, N)) < 0.5).astype(np.float64)
+    w_true = np.zeros(N)
+    w_true[:5] = [2.0, -1.5, 1.0, 1.0, -2.0]
+    y = X @ w_true + rng.normal(0, 0.5, n)
+    Xs = (X - X.mean(0)) / X.std(0)
+    yc = y - y.mean()
+    G, C = torch.tensor(Xs.T @ Xs / n, dtype=torch.float32), torch.tensor(Xs.T @ yc / n, dtype=torch.float32)[:, None]
+    lam = torch.tensor([0.2 * float(C.abs().max())])
+    strong = int((C.abs() >= lam).sum())
+    solver = _Lasso(G, tol=1e-7, max_iter=20000)
+    solver.capped = True  # as for a Gram too large for cache (this one is 640 KB)
+    assert strong > 2 * solver.cutoff
+    W, R, converged = solver.solve(C, lam, torch.zeros(N, 1), C.clone(), lam)
+    ref = Lasso(alpha=float(lam), fit_intercept=False, tol=1e-12, max_iter=100000).fit(Xs, yc).coef_
+    assert bool(converged[0]) and 0 < int((ref != 0).sum()) < solver.cutoff
+    # Both solve the problem to a relative change of ~1e-7; float32 data leaves them ~1e-5 apart
+    # relative to the largest weight (u32 · the Gram's condition on the support, here < 100).
+    assert np.abs(W[:, 0].numpy() - ref).max() < 1e-4 * np.abs(ref).max()
+    # KKT: no feature outside the support correlates with the residual by more than λ.
+    off = W[:, 0] == 0
+    assert float(R[off, 0].abs().max()) <= float(lam) * (1 + 1e-3)
+
+    # The cap itself: the support always stays, then the largest scores, never more than the limit.
+    candidates = torch.ones(6, 1, dtype=torch.bool)
+    support = torch.tensor([[False], [False], [False], [False], [False], [True]])
+    score = torch.tensor([[0.1], [0.9], [0.5], [0.7], [0.2], [0.0]])
+    assert _prioritised(candidates, support, score, 3)[:, 0].tolist() == [False, True, False, True, False, True]
+    assert torch.equal(_prioritised(candidates, support, score, 6), candidates)
