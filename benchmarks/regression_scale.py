@@ -67,6 +67,7 @@ solve = F._Lasso.solve
 def step(self, C, lam, W, R, lam_prev):
     t = time.perf_counter(); res = solve(self, C, lam, W, R, lam_prev)
     steps.append((time.perf_counter() - t, float((res[0] != 0).sum(0).float().mean())))
+    print(f"solve {len(steps)}: {steps[-1][0]:.2f} s, mean support {steps[-1][1]:.0f}", file=sys.stderr, flush=True)
     return res
 F._Lasso.solve = step
 t = time.perf_counter()
@@ -111,13 +112,16 @@ def run(args, synthetic_store, machine_info) -> int:
             store, weight, bias = synthetic_store(store_path, num_train=N, num_targets=args.targets, num_fit=M,
                                                   num_eval=args.eval, planted=10, return_truth=True)
             built_s = time.perf_counter() - t
-            proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", CHILD, str(store_path), str(out)],
-                                  capture_output=True, text=True)
+            # The child's λ steps go to the terminal as they finish (a large N takes many minutes);
+            # /usr/bin/time's report goes to a file.
+            timing = Path(tmp) / "time.txt"
+            proc = subprocess.run(["/usr/bin/time", "-v", "-o", str(timing), sys.executable, "-c", CHILD,
+                                   str(store_path), str(out)], stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
+                print(f"the fit failed with exit code {proc.returncode}", file=sys.stderr)
                 return 1
             inside = json.loads(proc.stdout.strip().splitlines()[-1])
-            peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024
+            peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing.read_text()).group(1)) * 1024
             dm = load(out)
             truth = {"weight": weight.astype(np.float32), "bias": bias.astype(np.float32),
                      "targets": np.arange(args.targets)}
