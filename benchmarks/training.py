@@ -9,7 +9,9 @@ For each setting (precision, K models per task) it runs, interleaved, in one pro
   fewer models, models per wall second;
 
 and prints the **ratio** sweep / (task slots x standalone): the share of the machine that went
-into training at the worker's own speed.  The rest is broken down from per-task timestamps
+into training at the worker's own speed.  Beside it, the standalone loop in one process per
+task slot at once (``side_by_side``): what the cores deliver for this work when all run it,
+without Ray, FFCV or a driver, and the sweep's ratio to that.  The rest is broken down from per-task timestamps
 logged inside the Ray tasks (``benchmarks/timed_worker.py``), as shares of the sweep's
 slot-seconds (task slots x wall seconds):
 
@@ -175,10 +177,11 @@ class Standalone:
         self.masks = np.stack([subset_mask(base["seed"], i, len(y), base["sweep"]["alpha"]) for i in range(count)])
         self.seeds = np.array([model_seed(base["seed"], i) for i in range(count)])
 
-    def rate(self, precision: str, k: int, seconds: float) -> dict:
+    def rate(self, precision: str, k: int, seconds: float, start_at: float = 0.0) -> dict:
         """Models, wall and CPU seconds of tasks of ``k`` models trained for about ``seconds`` (at
         least three tasks): long enough to see the slow spells of a shared virtual machine's CPU
-        as often as a sweep of the same length does."""
+        as often as a sweep of the same length does.  ``start_at``: a time.time() to wait for
+        after the warm-up, so that copies in several processes time the same span."""
         import torch
 
         from workers import mlp
@@ -188,6 +191,7 @@ class Standalone:
         torch.set_num_threads(1)
         try:
             mlp.train_arrays(*self.arrays, self.masks[:k], self.seeds[:k], cfg)  # warm-up
+            time.sleep(max(0.0, start_at - time.time()))
             models, calls = 0, 0
             wall, cpu = time.perf_counter(), time.process_time()
             while calls < 3 or time.perf_counter() - wall < seconds:
@@ -198,6 +202,25 @@ class Standalone:
         finally:
             torch.set_num_threads(threads)
         return {"models": models, "wall_s": wall, "cpu_s": cpu}
+
+
+def _standalone_copy(data_dir: str, base: dict, precision: str, k: int, seconds: float, start_at: float) -> dict:
+    return Standalone(Path(data_dir), base).rate(precision, k, seconds, start_at)
+
+
+def side_by_side(data_dir: Path, base: dict, precision: str, k: int, seconds: float, copies: int) -> dict:
+    """The standalone loop in ``copies`` processes at once, one per task slot, timed over the same
+    span: what this machine's cores deliver for this work when all of them run it, without Ray,
+    FFCV or a driver.  On a CPU whose cores share execution units or caches (SMT siblings,
+    a busy host) this is below copies x the one-copy rate, and no sweep can beat it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with torch's thread pools
+    with ctx.Pool(copies) as pool:
+        start_at = time.time() + 15.0  # spawn, imports, data and a warm-up task fit well within
+        results = pool.starmap(_standalone_copy, [(str(data_dir), base, precision, k, seconds, start_at)] * copies)
+    return {"models_per_s": round(sum(r["models"] / r["wall_s"] for r in results), 2),
+            "per_copy_models_per_s": [round(r["models"] / r["wall_s"], 2) for r in results]}
 
 
 def bf16_slowdown() -> float:
@@ -324,6 +347,10 @@ def main(argv=None) -> dict:
                    "ratio": round(models / (t1 - t0) / (slots * rate), 4),
                    "breakdown": breakdown(records, t0, t1, slots, rate),
                    "cores_used": cpu_use(cpu_before, cpu_after, {r["pid"] for r in records}, t1 - t0)}
+            pair = side_by_side(data_dir, base, alone_as["precision"], alone_as["k"], args.standalone_s / 2, slots)
+            run["side_by_side_models_per_s"] = pair["models_per_s"]
+            run["side_by_side_per_copy"] = pair["per_copy_models_per_s"]
+            run["ratio_to_side_by_side"] = round(models / (t1 - t0) / pair["models_per_s"], 4)
             runs.append(run)
             if repeat == 0:
                 margins[kind, s["label"]] = np.asarray(Store(out / "store").margins)
@@ -331,7 +358,8 @@ def main(argv=None) -> dict:
             b = run["breakdown"]
             print(f"{kind} {s['label']:22s} {models:6d} models: sweep {run['models_per_s']:6.1f}/s, standalone "
                   f"{rate:6.1f}/s x {slots} (before, after: {standalone_runs[-1]['before_after_models_per_s']}), "
-                  f"ratio {run['ratio']:.1%} | startup {b['startup']:.1%} {b['of_startup']}, slower in train "
+                  f"ratio {run['ratio']:.1%}; {slots} copies side by side {pair['per_copy_models_per_s']}/s, "
+                  f"ratio to them {run['ratio_to_side_by_side']:.1%} | startup {b['startup']:.1%} {b['of_startup']}, slower in train "
                   f"{b['train_slower_than_alone']:.1%} (descheduled {b['of_train_slower']['descheduled']:.1%}), "
                   f"between tasks {b['between_tasks']:.1%}, tail {b['tail']:.1%}; torch threads "
                   f"{b['torch_threads_in_tasks']}; cores {run['cores_used']}", flush=True)
@@ -383,6 +411,8 @@ def main(argv=None) -> dict:
                "standalone_models_per_s": median([r["standalone_models_per_s"] for r in mine]),
                "standalone_models_per_cpu_s": median([r["models_per_cpu_s"] for r in alone]) if alone else None,
                "ratio": median([r["ratio"] for r in mine]),
+               "side_by_side_models_per_s": median([r["side_by_side_models_per_s"] for r in mine]),
+               "ratio_to_side_by_side": median([r["ratio_to_side_by_side"] for r in mine]),
                "breakdown": {key: median([x[key] for x in b])
                              for key in ("training_at_standalone_speed", "startup", "train_slower_than_alone",
                                          "between_tasks", "tail", "unaccounted")},
@@ -404,12 +434,13 @@ def main(argv=None) -> dict:
     print(f"\n{info['cpu_model']}, torch kernels {info['cpu_capability']}, {slots} task slots, medians of "
           f"{args.repeats}; ratio = sweep / ({slots} x standalone one-thread rate)")
     print(f"{'':5s} {'setting':22s} {'models':>6s} {'sweep/s':>8s} {'alone/s':>8s} {'ratio':>6s} {'startup':>8s} "
-          f"{'slower':>7s} {'between':>8s} {'tail':>6s} {'acc':>6s}")
+          f"{'slower':>7s} {'between':>8s} {'tail':>6s} {'acc':>6s} {'side/s':>7s} {'vs side':>7s}")
     for r in results:
         b = r["breakdown"]
         print(f"{r['kind']:5s} {r['setting']:22s} {r['models']:6d} {r['models_per_s']:8.1f} "
               f"{r['standalone_models_per_s']:8.1f} {r['ratio']:6.1%} {b['startup']:8.1%} "
-              f"{b['train_slower_than_alone']:7.1%} {b['between_tasks']:8.1%} {b['tail']:6.1%} {r['test_accuracy']:6.3f}")
+              f"{b['train_slower_than_alone']:7.1%} {b['between_tasks']:8.1%} {b['tail']:6.1%} {r['test_accuracy']:6.3f} "
+              f"{r['side_by_side_models_per_s']:7.1f} {r['ratio_to_side_by_side']:7.1%}")
     if startup:
         print("warm Ray's one-off startup: " + ", ".join(f"{k} {v:.1f}" for k, v in startup.items()))
 
