@@ -598,6 +598,8 @@ _GRAM_KERNELS = {"int8": _gram_int8, "float32": _gram_float32, "float16": _gram_
 _PROBE_ROWS, _PROBE_FEATURES = 512, 1024
 
 
+# CPU flags of int8 dot-product instructions, without which int8 is no candidate (``gram_kernel``).
+_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # Below this many rows the whole XᵀX costs a few probes: float32, exact and the baseline every
 # CPU and GPU runs well, without measuring.
 _PROBE_MIN_ROWS = 16 * _PROBE_ROWS
@@ -607,7 +609,8 @@ def gram_kernel(num_train: int, device, num_rows: Optional[int] = None) -> str:
     """The XᵀX kernel for this machine and device: the faster of int8 and float32 (and float16
     with float32 sums where the device has it) on a probe of the real work (all are exact on
     0/1 masks), measured once and cached per machine (``datamodels.hardware.choose``); float32
-    when ``num_rows`` is too few to repay the probe.  ``DATAMODELS_GRAM_KERNEL`` forces one."""
+    when ``num_rows`` is too few to repay the probe, and int8 not even probed on a CPU without
+    int8 dot products.  ``DATAMODELS_GRAM_KERNEL`` forces one."""
     from . import hardware
 
     dev = torch.device(device)
@@ -620,6 +623,9 @@ def gram_kernel(num_train: int, device, num_rows: Optional[int] = None) -> str:
     if num_rows is not None and num_rows < _PROBE_MIN_ROWS:
         hardware.record(f"fit.gram_kernel.{dev.type}", "float32", f"fewer than {_PROBE_MIN_ROWS} rows: not worth a probe")
         return "float32"
+    # Without int8 dot products oneDNN's int8 GEMM runs 25-100x slower than float32: a probe of
+    # it alone would cost seconds (~2 s a call on the probe, AVX2), for an answer known in advance.
+    skip = {"int8"} if dev.type == "cpu" and not set(hardware.cpu_flags()) & _INT8_DOT_FLAGS else set()
     n = min(num_train, _PROBE_FEATURES)
     probe = torch.rand(_PROBE_ROWS, n, generator=torch.Generator().manual_seed(0)) < 0.5
     probe = probe.to(dev)
@@ -627,12 +633,18 @@ def gram_kernel(num_train: int, device, num_rows: Optional[int] = None) -> str:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     candidates = {}
     for name, kernel in _GRAM_KERNELS.items():
+        if name in skip:
+            continue
         try:  # a kernel this torch or device lacks, or one that is not exact here, is no candidate
             if not torch.equal(kernel(probe).to(reference.dtype), reference):
                 continue
         except (RuntimeError, AttributeError, NotImplementedError, TypeError):
             continue
         candidates[name] = lambda kernel=kernel: (kernel(probe), sync())
+    if skip and list(candidates) == ["float32"]:
+        hardware.record(f"fit.gram_kernel.{dev.type}", "float32",
+                        f"this CPU has no int8 dot products ({', '.join(sorted(_INT8_DOT_FLAGS))})")
+        return "float32"
     bucket = 1 << max(0, (n - 1).bit_length())
     return hardware.choose(f"fit.gram_kernel.{dev.type}", candidates, key=f"n{bucket}")
 

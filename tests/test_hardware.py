@@ -105,10 +105,18 @@ def test_every_gram_kernel_is_exact():
 
 def test_gram_kernel_is_measured_recorded_and_can_be_forced(cache_dir, monkeypatch):
     monkeypatch.delenv("DATAMODELS_GRAM_KERNEL", raising=False)
+    # A CPU with int8 dot products (VNNI): both kernels are timed on the probe.
+    real_flags = hardware.cpu_flags
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_vnni"])
     chosen = gram_kernel(300, "cpu")
     entry = hardware.choices()["fit.gram_kernel.cpu"]
     assert chosen == entry["value"] and chosen in ("int8", "float32")
-    assert set(entry["seconds"]) >= {"float32"}  # measured, among the candidates this CPU runs
+    assert set(entry["seconds"]) >= {"int8", "float32"}
+    # Without them int8 is not even probed (seconds of its slow path on an AVX2-only CPU).
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: ["avx2", "fma"])
+    assert gram_kernel(300, "cpu") == "float32"
+    assert "no int8 dot products" in hardware.choices()["fit.gram_kernel.cpu"]["how"]
+    monkeypatch.setattr(hardware, "cpu_flags", real_flags)
     # A store too small to repay the probe gets float32 unmeasured.
     assert gram_kernel(300, "cpu", num_rows=100) == "float32"
     assert "not worth a probe" in hardware.choices()["fit.gram_kernel.cpu"]["how"]
