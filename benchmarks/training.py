@@ -34,7 +34,8 @@ the same model the plain PyTorch way (nn.Module, autograd, torch.optim), one mod
 
 Wall-clock figures suffer from anything else running on the machine (load averages recorded).
 
-    python benchmarks/training.py                    # -> benchmarks/results/training_cpu.json
+    python benchmarks/training.py                    # -> benchmarks/results/training_cpu.json (AVX512 CPU)
+                                                     #    or training_cpu_avx2_native.json (AVX2-only CPU)
     python benchmarks/training.py --emulate-avx2     # torch limited to AVX2 kernels -> training_cpu_avx2.json
     python benchmarks/training.py --ks auto --repeats 3 --num-models 1200
 """
@@ -267,7 +268,6 @@ def main(argv=None) -> dict:
                              f"an AVX2-only machine (default --out: training_cpu_avx2.json)")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/training_cpu[_avx2].json)")
     args = parser.parse_args(argv)
-    out_path = Path(args.out or HERE / "results" / f"training_cpu{'_avx2' if args.emulate_avx2 else ''}.json")
 
     if args.emulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
         # Torch picks its kernels when it loads, and Ray's worker processes inherit the environment:
@@ -291,6 +291,10 @@ def main(argv=None) -> dict:
     info["bf16_matmul_x_slower_than_float32"] = bf16_slowdown()
     if args.emulate_avx2 and info["cpu_capability"] != "AVX2":
         sys.exit(f"--emulate-avx2: torch still dispatches to {info['cpu_capability']} kernels")
+    # training_cpu.json: an AVX512 CPU; _avx2: the same limited to AVX2; _avx2_native: an AVX2-only CPU.
+    native = "" if args.emulate_avx2 or info["cpu_capability"].startswith("AVX512") else \
+        f"_{info['cpu_capability'].lower()}_native"
+    out_path = Path(args.out or HERE / "results" / f"training_cpu{'_avx2' if args.emulate_avx2 else native}.json")
     base = config_lib.to_dict(config_lib.load(args.config))
     slots = int(os.cpu_count() // max(1, base["sweep"]["cpus_per_task"]))
 
