@@ -1057,7 +1057,8 @@ class _Lasso:
             violated = (Rt.abs() > lt * (1 + _KKT_SLACK)) & ~St
             # The next working set: this one and the violators (largest |Rⱼ| first where capped).
             support = W[:, todo] != 0
-            S_next = self._limit(violated | St, support, torch.where(violated, Rt.abs() + lt, Rt.abs()))
+            score = torch.where(violated, Rt.abs() + lt, Rt.abs()) if self.capped else None
+            S_next = self._limit(violated | St, support, score)
             sizes_next = S_next.sum(0)
             again = violated.any(0)
             too_big = again & self._too_big(sizes_next, support)
