@@ -11,8 +11,8 @@ For each setting (precision, K models per task) it runs, interleaved, in one pro
 and prints the **ratio** sweep / (task slots x standalone): the share of the machine that went
 into training at the worker's own speed.  Beside it, the standalone loop in one process per
 task slot at once (``side_by_side``): what the cores deliver for this work when all run it,
-without Ray, FFCV or a driver, and the sweep's ratio to that.  The rest is broken down from per-task timestamps
-logged inside the Ray tasks (``benchmarks/timed_worker.py``), as shares of the sweep's
+without Ray, FFCV or a driver, and the sweep's ratio to that.  The rest is broken down from
+per-task timestamps logged inside the Ray tasks (``benchmarks/timed_worker.py``), as shares of the sweep's
 slot-seconds (task slots x wall seconds):
 
 * ``train_slower_than_alone``: a task's ``train`` call took longer than the same models alone
@@ -266,7 +266,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--emulate-avx2", action="store_true",
                         help=f"run with {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}: torch's kernels of "
                              f"an AVX2-only machine (default --out: training_cpu_avx2.json)")
-    parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/training_cpu[_avx2].json)")
+    parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/training_cpu[_avx2|_avx2_native].json)")
     args = parser.parse_args(argv)
 
     if args.emulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
@@ -363,7 +363,8 @@ def main(argv=None) -> dict:
             print(f"{kind} {s['label']:22s} {models:6d} models: sweep {run['models_per_s']:6.1f}/s, standalone "
                   f"{rate:6.1f}/s x {slots} (before, after: {standalone_runs[-1]['before_after_models_per_s']}), "
                   f"ratio {run['ratio']:.1%}; {slots} copies side by side {pair['per_copy_models_per_s']}/s, "
-                  f"ratio to them {run['ratio_to_side_by_side']:.1%} | startup {b['startup']:.1%} {b['of_startup']}, slower in train "
+                  f"ratio to them {run['ratio_to_side_by_side']:.1%} | startup {b['startup']:.1%} {b['of_startup']}, "
+                  f"slower in train "
                   f"{b['train_slower_than_alone']:.1%} (descheduled {b['of_train_slower']['descheduled']:.1%}), "
                   f"between tasks {b['between_tasks']:.1%}, tail {b['tail']:.1%}; torch threads "
                   f"{b['torch_threads_in_tasks']}; cores {run['cores_used']}", flush=True)
