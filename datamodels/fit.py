@@ -32,10 +32,12 @@ How it runs, and why:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import mmap
 import os
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -263,7 +265,76 @@ def _check_writable(path) -> None:
     tmp.unlink()
 
 
+# ---- memory policy ------------------------------------------------------------------------------
+# glibc's mallopt parameters (malloc.h); the calls are no-ops on other C libraries.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_DEFAULT_TRIM_THRESHOLD = 128 << 10
+# Solver temporaries up to this size come from the heap (``_temporaries_on_the_heap``).
+_HEAP_TEMPORARIES = 64 << 20
+_heap_lock = threading.Lock()
+_heap_users = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)  # once per process
+def _return_freed_memory() -> None:
+    """Make glibc hand every allocation of 1 MiB or more back to the system when it is freed.
+
+    By default glibc raises its mmap threshold (up to 32 MiB) each time a large block is
+    freed, so later N×N temporaries land on the heap, which fragments and is not returned:
+    the same fit's peak memory then varies by several N×N matrices from run to run (N = 1,500:
+    330 to 450 MiB).  A fixed threshold turns that off (330 MiB every run), at the price of a
+    page fault per page of each large allocation: cheap next to the GEMMs that fill the
+    chunks of masks, too dear for the solver (``_temporaries_on_the_heap``)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+@contextlib.contextmanager
+def _temporaries_on_the_heap():
+    """Within: allocations up to 64 MiB come from the heap, and freed heap memory stays for reuse.
+
+    The solver allocates and frees [N, T] iterates, products and residuals tens of thousands
+    of times (2.6 MB each on the digits store).  Mapped afresh each time, every page of each
+    one faults on first write: on digits, 1.3 million page faults and 5-6 s of kernel time in a
+    7.5-9 s fit; on the heap, 0.14 million and 0.6 s (AVX2 CPU).  The solver holds no N×N
+    temporaries, so the fragmentation ``_return_freed_memory`` prevents does not arise here.
+    On leaving, the 1 MiB threshold is back and the heap's free pages go back to the system."""
+    global _heap_users
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    with _heap_lock:  # the live LDS solves in a thread of the sweep's driver
+        _heap_users += 1
+        if _heap_users == 1:
+            libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_TEMPORARIES)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * _HEAP_TEMPORARIES)
+    try:
+        yield
+    finally:
+        with _heap_lock:
+            _heap_users -= 1
+            if _heap_users == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
+
+
 # ---- the path, choice of λ and refit, from sufficient statistics -----------------------------------
+@_temporaries_on_the_heap()
 def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: bool,
            warm: Optional[dict] = None, refit: bool = True, patience: int = _PATIENCE) -> dict:
     """Everything after reading the store; a pure function of the statistics, so target
@@ -670,26 +741,6 @@ def _accumulate(store: Store, rows, is_val, cols, offset, chunk_rows: int, dev,
         bar.update(len(r))
     bar.close()
     return train, val
-
-
-@functools.lru_cache(maxsize=None)  # once per process
-def _return_freed_memory() -> None:
-    """Make glibc hand every allocation of 1 MiB or more back to the system when it is freed.
-
-    By default glibc raises its mmap threshold (up to 32 MiB) each time a large block is
-    freed, so later N×N temporaries land on the heap, which fragments and is not returned:
-    the same fit's peak memory then varies by several N×N matrices from run to run (N = 1,500:
-    330 to 450 MiB).  A fixed threshold turns that off (330 MiB every run), at the price of a
-    page fault per large allocation, which the GEMMs that fill them dwarf.  A no-op on other
-    C libraries."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _chunk_step(chunk_rows: int, N: int) -> int:
