@@ -38,7 +38,10 @@ CPU without AVX512, VNNI or bf16; results then go to ``regression_<size>_avx2.js
 
 Every method runs in its own fresh process with its libraries already imported, timed from
 opening the store to the finished weights (reading, Gram, path, refit; not the LDS), with
-peak memory (RSS summed over the process and its children, sampled every 20 ms).
+peak memory: the process's own peak (the kernel's VmHWM, exact), or where it has child processes
+(joblib's) the largest RSS summed over the process and its children, sampled every 250 ms.  A
+sampler polling every 20 ms slowed our fit by 5-10 % (it competes for the GIL and a core with the
+solver's many small torch calls), and measuring must not change what it measures.
 
 The ``outofcore`` size is a store whose masks alone are larger than ``--mem-cap-gb``
 (default 1 GiB there): ours streams it in chunks and must stay under the cap; the baseline,
@@ -51,7 +54,8 @@ which needs every row in memory as float64, is skipped.
     python benchmarks/regression.py --size digits --emulate avx2
     python benchmarks/regression.py --size scale          # time and memory as N grows (regression_scale.py)
 
-Results go to ``benchmarks/results/regression_<size>[_avx2].json``, with the machine's CPU capability.
+Results go to ``benchmarks/results/regression_<size>[_avx2|_avx2_native].json`` (AVX512 CPU; emulated
+AVX2; an AVX2-only CPU), with the machine's CPU capability.
 """
 from __future__ import annotations
 
@@ -247,11 +251,12 @@ def child(method: str, store: str, out: str, stats_path: str) -> None:
     def sample():
         while not stop.is_set():
             try:
-                procs = [me] + me.children(recursive=True)
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs))
+                children = me.children(recursive=True)
+                if children:
+                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in [me] + children))
             except psutil.Error:
                 pass
-            stop.wait(0.02)
+            stop.wait(0.25)
 
     # Libraries are loaded before the clock starts: the benchmark times fitting, not imports.
     import datamodels.store  # noqa: F401
@@ -273,6 +278,8 @@ def child(method: str, store: str, out: str, stats_path: str) -> None:
     wall = time.perf_counter() - t
     stop.set()
     sampler.join()
+    own_peak = next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    peak[0] = max(peak[0], own_peak)
     Path(stats_path).write_text(json.dumps({"wall_s": wall, "peak_rss_mb": peak[0] / 2 ** 20,
                                             "rss_before_mb": baseline_rss / 2 ** 20}))
 
@@ -444,7 +451,10 @@ def main(argv=None) -> int:
     }
     for name, value in summary_ratios.items():
         print(f"{name}: {json.dumps(value)}")
-    suffix = f"_{args.emulate}" if args.emulate else ""
+    # _avx2: emulated on an AVX512 CPU; _avx2_native: a CPU whose torch kernels top out at AVX2.
+    capability = str(machine.get("cpu_capability", ""))
+    suffix = f"_{args.emulate}" if args.emulate else \
+        ("" if capability.startswith("AVX512") or not capability else f"_{capability.lower()}_native")
     out = Path(args.out) if args.out else HERE / "results" / f"regression_{args.size}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

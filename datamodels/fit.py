@@ -90,7 +90,7 @@ _KKT_SLACK = 1e-3
 # ---- public API -------------------------------------------------------------------------
 def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lambda_min_ratio=1e-3,
         max_iter=300, tol=1e-4, chunk_rows=8192, seed=0, targets=None, address=None, slices=None,
-        progress=True) -> dict:
+        prior=None, progress=True) -> dict:
     """Fit sparse linear datamodels for the store's targets; save them to ``out`` (.npz) if given.
 
     Uses only the completed rows of the fitting split (``store.rows("fit")``).  A fraction
@@ -104,6 +104,12 @@ def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lamb
     cores; the store is read once, here, and the tasks receive its sufficient statistics
     through Ray's object store, so worker nodes need no access to it.  The result equals the
     single-process fit.
+
+    ``prior`` (``datamodels.priors``): a prior mean of the weights, float [N, T] in mask units
+    (one column per target fitted, or per store target), or a dict of such candidates.  Each
+    target's prior is scaled by least squares on the training rows, the candidate with the
+    lowest validation error over all targets is kept (``prior_choice`` in the result), and the
+    lasso fits the difference: the weights are the scaled prior plus a sparse correction.
 
     Returns a dict of numpy arrays:
 
@@ -137,11 +143,19 @@ def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lamb
     offset = _margins(store, rows[:_OFFSET_ROWS], cols).mean(axis=0)
     reading = torch.device("cpu") if distributed else dev
     train, val = _accumulate(store, rows, is_val, cols, offset, chunk_rows, reading, progress)
+    base, choice = None, None
+    if prior is not None:
+        base, choice = _scaled_prior(train, val, _prior_candidates(prior, store, cols))
+        train, val = train.minus(base), val.minus(base)
     params = dict(num_lambdas=num_lambdas, lambda_min_ratio=lambda_min_ratio, max_iter=max_iter, tol=tol)
     if distributed:
         result = _solve_on_ray(train, val, offset, params, dev, address, slices, progress)
     else:
         result = _solve(train, val, offset, params, dev, progress)
+    if base is not None:  # y − X·base was fitted: its bias is already that of y
+        result["weight"] = (result["weight"] + base.cpu().numpy()).astype(np.float32)
+        result["nnz"] = (result["weight"] != 0).sum(0).astype(np.int64)
+        result["prior_choice"] = np.asarray(choice)
     result["targets"] = cols
     result["num_models"] = np.int64(len(rows))
     _warn_unconverged(result["converged"], cols, max_iter)
@@ -263,6 +277,47 @@ def _check_writable(path) -> None:
     with open(tmp, "wb"):
         pass
     tmp.unlink()
+
+
+def _prior_candidates(prior, store: Store, cols: np.ndarray) -> dict:
+    """``prior`` as {name: float64 [N, len(cols)] tensor}, checked against the store."""
+    items = prior.items() if isinstance(prior, dict) else [("prior", prior)]
+    out = {}
+    for name, p in items:
+        p = np.asarray(p, dtype=np.float64)
+        if p.ndim != 2 or p.shape[0] != store.num_train or p.shape[1] not in (len(cols), store.num_targets):
+            raise DatamodelsError(f"prior {name}: expected shape [{store.num_train}, {len(cols)}] (training examples "
+                                  f"x targets fitted) or [{store.num_train}, {store.num_targets}], got {list(p.shape)}")
+        if not np.isfinite(p).all():
+            raise DatamodelsError(f"prior {name}: has NaN or infinite entries")
+        out[name] = torch.from_numpy(p if p.shape[1] == len(cols) and len(cols) != store.num_targets else p[:, cols])
+    return out
+
+
+def _scaled_prior(train: "_Stats", val: "_Stats", candidates: dict):
+    """(a·p [N, T] float64, name of p): the candidate prior p, scaled per target by the least-squares
+    a ≥ 0 of the centred margins on the centred predictions Xp over the training rows, whose
+    scaled prediction has the lowest validation error summed over targets."""
+    best = None
+    my = train.sy / train.n
+    for name, p in candidates.items():
+        p = p.to(train.xy.device)
+        xxp = (train.xx.double() @ p) if train.xx.dtype == torch.float64 else _gram_times(train.xx, p.float()).double()
+        mz = (train.sx @ p) / train.n  # mean prediction
+        var = ((p * xxp).sum(0) / train.n - mz * mz).clamp(min=0)
+        cov = (p * train.xy).sum(0) / train.n - mz * my
+        a = torch.where(var > 0, cov / var.clamp(min=1e-300), torch.zeros_like(var)).clamp(min=0)
+        # validation SSE of ȳ + a·(x − x̄)ᵀp, from the validation statistics
+        v = val
+        vxxp = (v.xx.double() @ p) if v.xx.dtype == torch.float64 else _gram_times(v.xx, p.float()).double()
+        sz, szz, syz = v.sx @ p, (p * vxxp).sum(0), (p * v.xy).sum(0)
+        syy = v.yy - 2 * my * v.sy + v.n * my * my
+        sdz = szz - 2 * mz * sz + v.n * mz * mz
+        syd = syz - mz * v.sy - my * sz + v.n * my * mz
+        sse = float((syy - 2 * a * syd + a * a * sdz).sum())
+        if best is None or sse < best[0]:
+            best = (sse, p * a[None, :], name)
+    return best[1], best[2]
 
 
 # ---- memory policy ------------------------------------------------------------------------------
@@ -585,6 +640,14 @@ class _Stats:
         (gram or _gram_float32)(masks, x, out=self.xx)
         self.xy += (x.T @ y.float()).double()
         self.yy += (y * y).sum(0)
+
+    def minus(self, beta: torch.Tensor) -> "_Stats":
+        """The statistics of (X, y − X·beta), beta [N, T] float64; XᵀX is shared, not copied."""
+        beta = beta.to(self.xy.device)
+        xxb = _gram_times(self.xx, beta.to(self.xx.dtype)).double() if self.xx.dtype != torch.float64 \
+            else self.xx @ beta
+        return _Stats(self.n, self.sx, self.sy - self.sx @ beta, self.xx, self.xy - xxb,
+                      self.yy - 2 * (beta * self.xy).sum(0) + (beta * xxb).sum(0))
 
     def copy(self) -> "_Stats":
         """An independent copy (``_solve`` adds the validation statistics into the training ones)."""

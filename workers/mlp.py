@@ -225,6 +225,14 @@ def train_arrays(x_train: np.ndarray, y_train: np.ndarray, x_target: np.ndarray,
 
     ``precision: auto`` is resolved here only when the worker is called outside a sweep (a sweep
     resolves it once on its driver); then this machine's cached choice decides."""
+    out = np.empty((len(masks), len(y_target)), dtype=np.float32)
+    for rows, net, (x, xt, onehot, yt) in _trained(x_train, y_train, x_target, y_target, masks, seeds, cfg):
+        out[rows] = margins(net.logits(xt), yt).float().cpu().numpy()
+    return out
+
+
+def _trained(x_train, y_train, x_target, y_target, masks, seeds, cfg: Config):
+    """(rows, stack of trained models, (x, x_target, one-hot labels, target labels)) per subset size."""
     device = torch.device(cfg.device)
     mean, std = _standardiser(x_train)
     x = _flat(x_train, mean, std).to(device)
@@ -234,15 +242,52 @@ def train_arrays(x_train: np.ndarray, y_train: np.ndarray, x_target: np.ndarray,
         cfg = dataclasses.replace(cfg, precision=choose_precision(cfg, (x.shape[1] - 1, num_classes)))
     onehot = torch.eye(num_classes, device=device)[torch.from_numpy(y_train.astype(np.int64)).to(device)]
     yt = torch.from_numpy(y_target.astype(np.int64)).to(device)
-
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds)
-    out = np.empty((len(masks), len(y_target)), dtype=np.float32)
     for rows in equal_size_groups(masks):
         net = _StackedMLP(masks[rows], seeds[rows], x.shape[1] - 1, num_classes, cfg, device)
         net.fit(x, onehot)
-        out[rows] = margins(net.logits(xt), yt).float().cpu().numpy()
-    return out
+        yield rows, net, (x, xt, onehot, yt)
+
+
+# ---- gradient kernels, for priors from TRAK (datamodels.priors) -----------------------------------
+
+def gradient_kernels(masks: np.ndarray, seeds: np.ndarray, config: dict):
+    """Per model (one per mask, trained as ``train`` trains it): the kernels of the per-example
+    gradients of TRAK's output function f = log(p / (1 − p)), p the correct class's probability,
+    with respect to all parameters.  Yields ``(row, k_train [N, N], k_target [T, N], q [N])``:
+    k_train = ΦΦᵀ over the training examples, k_target = Φ_target Φᵀ, and q = 1 − p of each
+    training example (TRAK's Q).
+
+    No gradient is formed: for this MLP ⟨∇f(a), ∇f(b)⟩ = (uₐ·u_b)(xₐ·x_b) + (gₐ·g_b)(hₐ·h_b + 1),
+    with g = ∂f/∂logits = (onehot − softmax)/(1 − p), h the hidden layer and u = (W₂ᵀg) ⊙ [h > 0]
+    (the first layer's gradient is u xᵀ, the second's g hᵀ and the output bias's g), so each
+    kernel is a few products of [n, 64]-wide matrices."""
+    cfg = Config(**{k: v for k, v in config["worker"].items() if k != "name"})
+    data = config["data"]
+    x_train, y_train = load_split(data["dir"], "train")
+    x_target, y_target = targets(data["dir"], data.get("targets", "test"))
+    for rows, net, (x, xt, onehot, yt) in _trained(x_train, y_train, x_target, y_target, masks, seeds, cfg):
+        w1, w2, b2 = (w.double() for w in net.master)
+        labels = onehot.argmax(1)
+        for i, row in enumerate(rows):
+            parts = [_gradient_parts(w1[i], w2[i], b2[i], inputs.double(), lab)
+                     for inputs, lab in ((x, labels), (xt, yt))]
+            (u, xs, g, h, q), (ut, xts, gt, ht, _) = parts
+            k_train = (u @ u.T) * (xs @ xs.T) + (g @ g.T) * (h @ h.T + 1)
+            k_target = (ut @ u.T) * (xts @ xs.T) + (gt @ g.T) * (ht @ h.T + 1)
+            yield int(row), k_train.cpu().numpy(), k_target.cpu().numpy(), q.cpu().numpy()
+
+
+def _gradient_parts(w1, w2, b2, x, labels):
+    """(u, x, g, h, 1 − p) of every example of x [n, in + 1] (see ``gradient_kernels``)."""
+    h = (x @ w1.T).relu()  # [n, hidden]
+    p = torch.softmax(h @ w2.T + b2.T, dim=1)  # [n, classes]
+    correct = p.gather(1, labels[:, None]).squeeze(1)
+    q = (1 - correct).clamp(min=1e-12)
+    g = (torch.nn.functional.one_hot(labels, p.shape[1]).double() - p) / q[:, None]
+    u = (g @ w2) * (h > 0)
+    return u, x, g, h, q
 
 
 def _standardiser(x_train: np.ndarray):
