@@ -84,10 +84,21 @@ def cmd_fit(args) -> int:
     from .store import Store
 
     store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
+    prior = None
+    if args.prior == "trak":
+        from . import config as config_lib
+        from .priors import trak
+
+        path = Path(args.config) if args.config else Path(args.store).parent / "config.yaml"
+        if not path.exists():
+            raise DatamodelsError(f"--prior trak needs the run's config (data and worker): {path} does not exist; "
+                                  f"pass --config")
+        cfg = config_lib.load(path, [f"out={Path(args.store).parent}"])
+        prior = trak(cfg, num_models=args.prior_models)
     dm = fit(store, args.out, device=args.device, val_fraction=args.val_fraction,
              num_lambdas=args.num_lambdas, lambda_min_ratio=args.lambda_min_ratio, seed=args.seed,
              chunk_rows=args.chunk_rows, max_iter=args.max_iter, tol=args.tol, address=args.address,
-             slices=args.slices, targets=_target_range(args.targets))
+             slices=args.slices, targets=_target_range(args.targets), prior=prior)
     print(f"fitted {dm['weight'].shape[1]} datamodels over {dm['weight'].shape[0]} training examples "
           f"from {int(dm['num_models'])} models -> {args.out}")
     return 0
@@ -377,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--address", help="Ray cluster to fit on ('local' starts one): targets are split into slices")
     sp.add_argument("--slices", type=int, help="target slices (Ray tasks); default: one per GPU or per node")
+    sp.add_argument("--prior", choices=["none", "trak"], default="none",
+                    help="trak: the lasso around a prior mean from TRAK scores of a few of the store's models")
+    sp.add_argument("--prior-models", type=int, default=30, help="models retrained for the TRAK prior")
+    sp.add_argument("--config", help="the run's config, for --prior trak (default: config.yaml beside the store)")
     sp.set_defaults(func=cmd_fit)
 
     def with_run(sp):

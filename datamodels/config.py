@@ -64,6 +64,10 @@ class FitConfig:
     max_iter: int = 300  # proximal-gradient iterations per lambda at most
     tol: float = 1e-4  # relative change in the weights that counts as converged
     chunk_rows: int = 8192  # store rows read per chunk when streaming
+    # none | trak: the lasso around a prior mean from TRAK scores of a few of the sweep's own
+    # models (datamodels.priors), computed by retraining the first prior_models fitting models.
+    prior: str = "none"
+    prior_models: int = 30
 
 
 @dataclass
@@ -163,6 +167,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(f.max_iter >= 1, f"fit.max_iter must be >= 1, got {f.max_iter}")
     _check(f.tol > 0, f"fit.tol must be positive, got {f.tol}")
     _check(f.chunk_rows >= 1, f"fit.chunk_rows must be >= 1, got {f.chunk_rows}")
+    _check(f.prior in ("none", "trak"), f"fit.prior must be none or trak, got {f.prior!r}")
+    _check(f.prior_models >= 1, f"fit.prior_models must be >= 1, got {f.prior_models}")
     cfg.worker = worker_config(cfg.worker)
     return cfg
 

@@ -368,27 +368,35 @@ def test_solver_temporaries_are_reused_not_mapped_afresh():
     # A freed block above the mmap threshold is unmapped, and the next one of its size faults in
     # every page again; inside the solver's policy the heap hands the same pages back.  100
     # rounds of a 4 MiB temporary: 100 x 1,024 page faults when mapped afresh, a few pages of
-    # bookkeeping when reused.
-    import resource
+    # bookkeeping when reused.  In a fresh process: glibc reuses free heap chunks whatever the
+    # threshold, so a heap that earlier work left large would hide the difference.
+    import subprocess
+    import sys
 
-    import torch
-    from datamodels.fit import _libc, _return_freed_memory, _temporaries_on_the_heap
-
-    if _libc() is None:
-        pytest.skip("not glibc: the allocator's thresholds cannot be set")
-    pages = (4 << 20) // resource.getpagesize()
-
-    def faults_of_100_temporaries():
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(100):
-            torch.empty(1 << 20, dtype=torch.float32).fill_(1.0)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
+    code = """
+import resource, torch
+from datamodels.fit import _libc, _return_freed_memory, _temporaries_on_the_heap
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(100):
+        torch.empty(1 << 20, dtype=torch.float32).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+if _libc() is None:
+    print("skip")
+else:
     _return_freed_memory()
-    with _temporaries_on_the_heap():
-        faults_of_100_temporaries()  # the heap grows once
-        reused = faults_of_100_temporaries()
-    assert reused < pages, reused
+    outside = faults()
+    with _temporaries_on_the_heap(4 << 20):
+        faults()  # the heap grows once
+        inside = faults()
+    print(outside, inside)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    if out == ["skip"]:
+        pytest.skip("not glibc: the allocator's thresholds cannot be set")
+    outside, inside = map(int, out)
+    pages = (4 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert inside < pages, (outside, inside)
     thp = "/sys/kernel/mm/transparent_hugepage/enabled"
-    if not (os.path.exists(thp) and "[always]" in open(thp).read()):  # with 2 MiB pages a fresh mapping faults only twice
-        assert faults_of_100_temporaries() > 50 * pages  # the policy is undone on leaving
+    if not (os.path.exists(thp) and "[always]" in open(thp).read()):  # with 2 MiB pages a fresh mapping faults twice
+        assert outside > 50 * pages, (outside, inside)

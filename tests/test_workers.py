@@ -148,6 +148,43 @@ def test_mlp_reads_prepared_data(prepared_digits):
         mlp.Config(precision="float8")
 
 
+def test_mlp_gradient_kernels_are_inner_products_of_per_example_gradients(prepared_digits):
+    """The closed-form kernels equal ΦΦᵀ of per-example gradients of log(p/(1−p)) taken by
+    autograd (torch.func) at the same trained weights; float64 throughout, so they agree to
+    ~1e-12 of the kernel's scale."""
+    from datamodels.prepare import read_arrays
+
+    masks, seeds = models(0, 2, 1697)
+    worker = {"name": "workers.mlp", "hidden": 16, "epochs": 2, "precision": "float32"}
+    data = {"dir": str(prepared_digits), "targets": "test"}
+    got = list(mlp.gradient_kernels(masks, seeds, {"worker": worker, "data": data}))
+    assert [row for row, *_ in got] == [0, 1]
+
+    x_train, y_train = read_arrays(prepared_digits, "train")
+    x_test, y_test = read_arrays(prepared_digits, "test")
+    cfg = mlp.Config(**{k: v for k, v in worker.items() if k != "name"})
+    (rows, net, (x, xt, _, yt)), = mlp._trained(x_train, y_train, x_test, y_test, masks, seeds, cfg)
+    params = {name: w[1].double() for name, w in zip(("w1", "w2", "b2"), net.master)}
+
+    def f(p, xi, yi):
+        logits = p["w2"] @ (p["w1"] @ xi).relu() + p["b2"][:, 0]
+        logp = torch.log_softmax(logits, 0)[yi]
+        return logp - torch.log1p(-logp.exp())
+
+    def features(inputs, labels):
+        grads = torch.func.vmap(torch.func.grad(f), in_dims=(None, 0, 0))(params, inputs.double(), labels)
+        return torch.cat([g.reshape(len(inputs), -1) for g in grads.values()], 1)
+
+    phi = features(x, torch.from_numpy(y_train))
+    phi_t = features(xt, yt)
+    _, k_train, k_target, q = got[1]
+    scale = float(np.abs(k_train).max())
+    np.testing.assert_allclose(k_train, (phi @ phi.T).numpy(), rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(k_target, (phi_t @ phi.T).numpy(), rtol=0, atol=1e-10 * scale)
+    p_correct = torch.softmax(net.logits(x)[1].double(), 1).gather(1, torch.from_numpy(y_train)[:, None])[:, 0]
+    np.testing.assert_allclose(q, (1 - p_correct).numpy(), rtol=1e-5, atol=1e-6)  # logits in float32
+
+
 # ---- the ResNet-9 ------------------------------------------------------------------------------
 
 def write_cifar(root, per_batch=40, num_test=30, seed=0):
