@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default="digits,synthetic")
     p.add_argument("--seeds", default="0,1,2", help="sweep seeds (each a full sweep)")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    p.add_argument("--trak-max", type=int, default=300, help="TRAK uses at most this many models")
+    p.add_argument("--trak-max", type=int, default=100, help="TRAK uses at most this many models")
     p.add_argument("--prior-models", type=int, default=None, help="models of the prior (default: fit.prior_models)")
     p.add_argument("--out", default=str(HERE / "results" / "estimators.json"))
     args = p.parse_args(argv)
@@ -97,9 +97,11 @@ def main(argv=None) -> int:
                 trak_cache, points = {}, []
                 for n in sizes:
                     sub = _FirstRows(store, n)
-                    point = {"n": n}
+                    # at least 2 validation models (2 of 10 at n = 10); the default 10 % from n = 25 on
+                    val_fraction = max(0.1, 2.5 / n)
+                    point = {"n": n, "val_fraction": val_fraction}
                     started = time.perf_counter()
-                    plain = fit(sub, progress=False, seed=seed)
+                    plain = fit(sub, progress=False, seed=seed, val_fraction=val_fraction)
                     point["plain_fit_s"] = round(time.perf_counter() - started, 2)
                     point["plain"] = lds(store, plain)["lds"]
                     for label, m in (("trak", min(n, args.trak_max)), ("prior", min(n, prior_models))):
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
                             trak_cache[m] = (trak(cfg, rows=rows[:m], progress=False), time.perf_counter() - started)
                         scores, scores_s = trak_cache[m]
                         started = time.perf_counter()
-                        dm = fit(sub, progress=False, seed=seed, prior=scores,
+                        dm = fit(sub, progress=False, seed=seed, prior=scores, val_fraction=val_fraction,
                                  num_lambdas=1 if label == "trak" else config_lib.FitConfig().num_lambdas)
                         point[f"{label}_fit_s"] = round(time.perf_counter() - started, 2)
                         point[f"{label}_models"] = m

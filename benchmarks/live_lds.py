@@ -19,6 +19,7 @@ digits) it runs, in one process:
 
     python benchmarks/live_lds.py                       # both data sets -> benchmarks/results/live_lds.json
     python benchmarks/live_lds.py --datasets digits --repeats 3
+    python benchmarks/live_lds.py --datasets digits --repeats 3 --cost-only --out benchmarks/results/live_lds_cost_digits_avx2.json
 """
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--forecast-from", type=int, default=2000, help="forecast from the checkpoints up to this n")
     p.add_argument("--fine-every", type=int, default=250, help="the finer checkpoint interval of the forecast check")
     p.add_argument("--level", type=float, default=0.85, help="the LDS level on digits")
+    p.add_argument("--cost-only", action="store_true", help="only the cost: sweeps with and without live LDS")
     p.add_argument("--out", default=str(HERE / "results" / "live_lds.json"))
     args = p.parse_args(argv)
 
@@ -149,6 +151,20 @@ def main(argv=None) -> int:
                         else round(est / true["first_checkpoint"] - 1, 4),
                         "lds": [[r["num_fit_models"], round(r["lds"], 4)] for r in records]}
 
+            if args.cost_only:
+                walls = {"with_live_lds": [r["wall_s"] for r in with_live], "without": [r["wall_s"] for r in without]}
+                median = {k: float(np.median(v)) for k, v in walls.items()}
+                pairs = [a / b - 1 for a, b in zip(walls["with_live_lds"], walls["without"])]
+                results[name] = {"cost": {"wall_s": walls, "median_s": median,
+                                          "overhead": round(median["with_live_lds"] / median["without"] - 1, 4),
+                                          "pair_overheads": [round(x, 4) for x in pairs],
+                                          "median_pair_overhead": round(float(np.median(pairs)), 4),
+                                          "checkpoint_solve_s": [r["summary"].get("checkpoint_solve_s") for r in with_live],
+                                          "checkpoints": with_live[0]["summary"].get("checkpoints"),
+                                          "stores_bitwise_equal": bool(same)}}
+                print(f"{name}: overhead {results[name]['cost']['overhead']:+.1%} (medians {median}), pairs "
+                      f"{[f'{x:+.1%}' for x in pairs]}", flush=True)
+                continue
             started = time.perf_counter()
             fine = live.replay(with_live[0]["store"], with_live[0]["config"], every=args.fine_every)
             replay_s = time.perf_counter() - started

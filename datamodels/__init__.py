@@ -8,6 +8,7 @@ The Python API mirrors the command line, one function per stage::
     datamodels.sweep(cfg)                         # trained models' margins in <out>/store
     datamodels.live_lds("runs/digits/store")      # the sweep's live LDS checkpoints and forecast
     dm = datamodels.fit("runs/digits/store", "runs/digits/datamodels.npz")
+    dm = datamodels.fit("runs/digits/store", prior=datamodels.trak_prior(cfg))  # around TRAK scores
     datamodels.lds("runs/digits/store", dm)       # {"lds": ..., "per_target": ...}
     datamodels.lds("runs/digits/store", scores="trak.npy")  # any method's N_train x N_targets scores
     datamodels.Store("STORE", spec="spec.json", eval_rows="9000:10000")  # a reference-layout store
@@ -29,8 +30,9 @@ from .errors import DatamodelsError
 # should not pay.
 _API = {"load_config": ("config", "load"), "Store": ("store", "Store"), "prepare": ("prepare", "prepare"),
         "sweep": ("sweep", "sweep"), "live_lds": ("checkpoints", "live_lds"), "fit": ("fit", "fit"),
-        "predict": ("fit", "predict"), "lds": ("evaluate", "lds"), "top": ("query", "top"),
-        "nearest": ("query", "nearest"), "run": ("pipeline", "run"), "report": ("report", "report")}
+        "trak_prior": ("priors", "trak"), "predict": ("fit", "predict"), "lds": ("evaluate", "lds"),
+        "top": ("query", "top"), "nearest": ("query", "nearest"), "run": ("pipeline", "run"),
+        "report": ("report", "report")}
 
 __all__ = ["DatamodelsError", *_API]
 

@@ -23,17 +23,17 @@ validation rows.
 """
 from __future__ import annotations
 
-import time
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import config as config_lib
 from .errors import DatamodelsError
 
 # Ridges relative to the kernel's mean diagonal; the fit picks one on its validation rows.
-RIDGES = (0.01, 0.1, 1.0, 10.0)
+RIDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 
 
 def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: Optional[np.ndarray] = None,
@@ -50,15 +50,15 @@ def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: O
         raise DatamodelsError(f"fit.prior_models must be an integer >= 1, got {num_models}")
     if not ridges or any(not (r > 0) for r in ridges):
         raise DatamodelsError(f"prior ridges must be positive numbers, got {list(ridges)}")
+    name = config_lib.to_dict(cfg.worker)["name"]
+    kernels = getattr(config_lib.load_worker(name), "gradient_kernels", None)
+    if kernels is None:
+        raise DatamodelsError(f"fit.prior: worker {name!r} has no gradient_kernels(masks, seeds, config), "
+                              f"which TRAK priors need")
     store = Store(f"{cfg.out}/store")
     data_dir = prepare(cfg, progress=False)
     meta = read_meta(data_dir)
     worker, _ = resolve_worker(cfg, meta, stored_worker_settings(cfg.out))
-    module = config_lib.load_worker(worker["name"])
-    kernels = getattr(module, "gradient_kernels", None)
-    if kernels is None:
-        raise DatamodelsError(f"fit.prior: worker {worker['name']!r} has no gradient_kernels(masks, seeds, config), "
-                              f"which TRAK priors need")
     if rows is None:
         rows = store.rows("fit")[:int(num_models)]
     if len(rows) == 0:
@@ -69,20 +69,16 @@ def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: O
     N, T = store.num_train, store.num_targets
     sums = {r: torch.zeros(T, N, dtype=torch.float64) for r in ridges}
     q_sum = torch.zeros(N, dtype=torch.float64)
-    started = time.perf_counter()
     data = {"dir": str(data_dir), "targets": cfg.data.targets}
-    for done, (_, k_train, k_target, q) in enumerate(kernels(masks, seeds, {"worker": worker, "data": data}), 1):
+    bar = tqdm(total=len(rows), desc="prior: TRAK", unit="model", disable=not progress)
+    for _, k_train, k_target, q in kernels(masks, seeds, {"worker": worker, "data": data}):
         k_train, k_target = torch.from_numpy(k_train).double(), torch.from_numpy(k_target).double()
         scale = float(torch.diagonal(k_train).mean()) or 1.0
         for r in ridges:
             factor = torch.linalg.cholesky(k_train + r * scale * torch.eye(N, dtype=torch.float64))
             sums[r] += torch.cholesky_solve(k_target.T, factor).T  # Kₜ (K + λI)⁻¹
         q_sum += torch.from_numpy(q).double()
-        if progress:
-            rate = done / (time.perf_counter() - started)
-            print(f"\rprior: TRAK {done}/{len(rows)} models, {rate:.1f} models/s, "
-                  f"ETA {(len(rows) - done) / rate:.0f} s", end="", flush=True)
-    if progress:
-        print()
+        bar.update(1)
+    bar.close()
     q_mean = q_sum / len(rows)
     return {r: (s / len(rows) * q_mean[None, :]).T.float().numpy() for r, s in sums.items()}

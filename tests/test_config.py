@@ -22,6 +22,8 @@ def test_defaults_file_and_overrides():
     ("data.targets=train", "data.targets"),
     ("fit.device=tpu", "fit.device"),
     ("fit.val_fraction=0", "fit.val_fraction"),
+    ("fit.prior=ridge", "fit.prior"),
+    ("fit.prior_models=0", "fit.prior_models"),
     ("worker.hiden=3", "worker.hiden"),
     ("worker.epochs=many", "worker.epochs"),
     ("worker.name=no_such_module", "worker.name"),

@@ -400,3 +400,62 @@ else:
     thp = "/sys/kernel/mm/transparent_hugepage/enabled"
     if not (os.path.exists(thp) and "[always]" in open(thp).read()):  # with 2 MiB pages a fresh mapping faults twice
         assert outside > 50 * pages, (outside, inside)
+
+
+def test_a_prior_mean_is_scaled_and_corrected_by_the_lasso(tmp_path):
+    # A dense truth (every weight nonzero) from 40 fitting models: too few rows for the lasso
+    # alone, enough to scale a prior and correct it.  The prior is the truth times 3 plus noise
+    # on 10 of its entries; the fit should find the scale (1/3), keep the prior's shape, and do
+    # far better on held-out models than the plain fit.
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 1, (N, T))
+    store = Store.create(tmp_path / "store", num_train=N, num_targets=T, alpha=0.5, seed=0)
+    store.grow(40, 200)
+    rows = np.arange(store.num_models)
+    store.write(rows, margins(store, rows, weight, np.zeros(T), noise=0.2))
+    prior = 3 * weight
+    prior[:10] += rng.normal(0, 1, (10, T))
+    with_prior = fit(store, prior=prior, progress=False)
+    plain = fit(store, progress=False)
+    assert str(with_prior["prior_choice"]) == "prior"
+    err = lambda dm: float(np.abs(dm["weight"] - weight).mean())
+    assert err(with_prior) < 0.25 * err(plain), (err(with_prior), err(plain))
+    assert lds(store, with_prior)["lds"] > 0.95 > lds(store, plain)["lds"]
+    # Among candidates, the one predicting the validation models best is kept.
+    chosen = fit(store, prior={"noise": rng.normal(0, 1, (N, T)), "truth": prior}, progress=False)
+    assert str(chosen["prior_choice"]) == "truth"
+    np.testing.assert_array_equal(chosen["weight"], with_prior["weight"])
+    with pytest.raises(DatamodelsError, match=r"prior prior: expected shape \[60, 6\]"):
+        fit(store, prior=np.zeros((N, T + 1)), progress=False)
+    with pytest.raises(DatamodelsError, match="NaN"):
+        fit(store, prior=np.full((N, T), np.nan), progress=False)
+
+
+def test_statistics_of_the_residual_of_a_prior_equal_those_computed_directly():
+    # (X, y − Xβ) from the statistics of (X, y).  The identities are exact; what differs is
+    # rounding: Xᵀy is a float32 product in both (γ32(n) of Xᵀ|y|), and X'Xβ a float32 product of
+    # integer counts and β rounded to float32 (γ32(N + 1) of |XᵀX||β|), which enter ΣyΣ' through β.
+    import torch
+    from datamodels.fit import _Stats
+
+    from bounds import gamma
+
+    rng = np.random.default_rng(0)
+    n = 300
+    masks = torch.from_numpy(rng.random((n, N)) < 0.5)
+    x = masks.double()
+    y = torch.from_numpy(rng.normal(0, 1, (n, T)))
+    beta = torch.from_numpy(rng.normal(0, 1, (N, T)))
+    residual = y - x @ beta
+    s = _Stats.zeros(N, T, torch.float32, "cpu")
+    s.add(masks, y)
+    direct = _Stats.zeros(N, T, torch.float32, "cpu")
+    direct.add(masks, residual)
+    got = s.minus(beta)
+    xy_err = gamma(n) * (x.T @ y.abs() + x.T @ residual.abs()) + gamma(N + 1) * ((x.T @ x) @ beta.abs())
+    assert bool(((got.xy - direct.xy).abs() <= xy_err).all())
+    assert bool(((got.sy - direct.sy).abs() <= gamma(N + n, 2 ** -53) * (x.abs().sum(0) @ beta.abs() + y.abs().sum(0)
+                                                                          + residual.abs().sum(0))).all())
+    yy_err = 2 * (beta.abs() * xy_err).sum(0) + gamma(N + n, 2 ** -53) * (y * y + residual * residual).sum(0)
+    assert bool(((got.yy - direct.yy).abs() <= yy_err).all())
+    assert got.xx is s.xx and got.n == n

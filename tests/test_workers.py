@@ -168,7 +168,7 @@ def test_mlp_gradient_kernels_are_inner_products_of_per_example_gradients(prepar
 
     def f(p, xi, yi):
         logits = p["w2"] @ (p["w1"] @ xi).relu() + p["b2"][:, 0]
-        logp = torch.log_softmax(logits, 0)[yi]
+        logp = torch.log_softmax(logits, 0).gather(0, yi[None])[0]
         return logp - torch.log1p(-logp.exp())
 
     def features(inputs, labels):
