@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default="digits,synthetic")
     p.add_argument("--seeds", default="0,1,2", help="sweep seeds (each a full sweep)")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    p.add_argument("--trak-max", type=int, default=100, help="TRAK uses at most this many models")
+    p.add_argument("--trak-max", type=int, default=30, help="TRAK uses at most this many models")
     p.add_argument("--prior-models", type=int, default=None, help="models of the prior (default: fit.prior_models)")
     p.add_argument("--out", default=str(HERE / "results" / "estimators.json"))
     args = p.parse_args(argv)

@@ -58,6 +58,23 @@ def test_status_evaluate_query(tiny_run):
     assert "train_index" in table and "weight" in table
 
 
+def test_fit_around_a_trak_prior(tiny_run):
+    # TRAK scores of 3 of the run's models (retrained from its config beside the store) as the
+    # prior; on 54 training models of 3 epochs it predicts the held-out models better than the
+    # plain lasso.
+    out, _ = tiny_run
+    proc = cli("fit", "--store", out / "store", "--out", out / "prior.npz", "--prior", "trak", "--prior-models", 3)
+    assert "fitted 100 datamodels" in proc.stdout
+    dm = np.load(out / "prior.npz")
+    assert float(dm["prior_choice"]) in (1.0, 2.0, 5.0, 10.0, 20.0, 50.0) and dm["weight"].shape == (1697, 100)
+    plain = json.loads(cli("evaluate", "--run", out, "--json").stdout)["lds"]
+    prior = json.loads(cli("evaluate", "--run", out, "--datamodels", out / "prior.npz", "--json").stdout)["lds"]
+    assert prior > plain + 0.05, (prior, plain)
+    bad = cli("fit", "--store", out / "store", "--out", out / "x.npz", "--prior", "trak", "--config", out / "nope.yaml",
+              check=False)
+    assert bad.returncode != 0 and "nope.yaml does not exist" in bad.stderr and not (out / "x.npz").exists()
+
+
 def test_rerun_resumes_without_training(tiny_run):
     out, _ = tiny_run
     cli("run", "configs/digits.yaml", f"out={out}", *TINY)
