@@ -19,7 +19,7 @@ digits) it runs, in one process:
 
     python benchmarks/live_lds.py                       # both data sets -> benchmarks/results/live_lds.json
     python benchmarks/live_lds.py --datasets digits --repeats 3
-    python benchmarks/live_lds.py --datasets digits --repeats 3 --cost-only --out benchmarks/results/live_lds_cost_digits_avx2.json
+    python benchmarks/live_lds.py --datasets digits --repeats 3 --cost-only --out benchmarks/results/live_lds_cost_digits_avx2_pairs.json
 """
 from __future__ import annotations
 
