@@ -298,7 +298,7 @@ def _prior_candidates(prior, store: Store, cols: np.ndarray) -> dict:
                                   f"x targets fitted) or [{store.num_train}, {store.num_targets}], got {list(p.shape)}")
         if not np.isfinite(p).all():
             raise DatamodelsError(f"prior {name}: has NaN or infinite entries")
-        out[name] = torch.from_numpy(p if p.shape[1] == len(cols) and len(cols) != store.num_targets else p[:, cols])
+        out[name] = torch.from_numpy(p[:, cols] if p.shape[1] == store.num_targets else p)
     return out
 
 
@@ -310,15 +310,14 @@ def _scaled_prior(train: "_Stats", val: "_Stats", candidates: dict):
     my = train.sy / train.n
     for name, p in candidates.items():
         p = p.to(train.xy.device)
-        xxp = (train.xx.double() @ p) if train.xx.dtype == torch.float64 else _gram_times(train.xx, p.float()).double()
+        xxp = train.xx_times(p)
         mz = (train.sx @ p) / train.n  # mean prediction
         var = ((p * xxp).sum(0) / train.n - mz * mz).clamp(min=0)
         cov = (p * train.xy).sum(0) / train.n - mz * my
         a = torch.where(var > 0, cov / var.clamp(min=1e-300), torch.zeros_like(var)).clamp(min=0)
         # validation SSE of ȳ + a·(x − x̄)ᵀp, from the validation statistics
         v = val
-        vxxp = (v.xx.double() @ p) if v.xx.dtype == torch.float64 else _gram_times(v.xx, p.float()).double()
-        sz, szz, syz = v.sx @ p, (p * vxxp).sum(0), (p * v.xy).sum(0)
+        sz, szz, syz = v.sx @ p, (p * v.xx_times(p)).sum(0), (p * v.xy).sum(0)
         syy = v.yy - 2 * my * v.sy + v.n * my * my
         sdz = szz - 2 * mz * sz + v.n * mz * mz
         syd = syz - mz * v.sy - my * sz + v.n * my * mz
@@ -672,11 +671,15 @@ class _Stats:
         self.xy += (x.T @ y.float()).double()
         self.yy += (y * y).sum(0)
 
+    def xx_times(self, beta: torch.Tensor) -> torch.Tensor:
+        """XᵀX·beta in float64, beta [N, T] float64 (in XᵀX's own dtype: no N×N float64 copy)."""
+        beta = beta.to(self.xx.device)
+        return self.xx @ beta if self.xx.dtype == torch.float64 else _gram_times(self.xx, beta.to(self.xx.dtype)).double()
+
     def minus(self, beta: torch.Tensor) -> "_Stats":
         """The statistics of (X, y − X·beta), beta [N, T] float64; XᵀX is shared, not copied."""
         beta = beta.to(self.xy.device)
-        xxb = _gram_times(self.xx, beta.to(self.xx.dtype)).double() if self.xx.dtype != torch.float64 \
-            else self.xx @ beta
+        xxb = self.xx_times(beta)
         return _Stats(self.n, self.sx, self.sy - self.sx @ beta, self.xx, self.xy - xxb,
                       self.yy - 2 * (beta * self.xy).sum(0) + (beta * xxb).sum(0))
 

@@ -43,7 +43,7 @@ def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: O
     training example raises the target's margin (``datamodels evaluate --scores`` convention)."""
     from .prepare import prepare, read_meta
     from .store import Store
-    from .sweep import resolve_worker, stored_worker_settings
+    from .sweep import _seeds, resolve_worker, stored_worker_settings
 
     cfg = config_lib.coerce(config)
     if int(num_models) != num_models or num_models < 1:
@@ -63,8 +63,6 @@ def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: O
         rows = store.rows("fit")[:int(num_models)]
     if len(rows) == 0:
         raise DatamodelsError(f"store {store.path} has no completed fitting rows: run the sweep first")
-    from .sweep import _seeds
-
     masks, seeds = np.asarray(store.masks[rows]), _seeds(store.seed, rows)
     N, T = store.num_train, store.num_targets
     sums = {r: torch.zeros(T, N, dtype=torch.float64) for r in ridges}
@@ -73,6 +71,10 @@ def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: O
     bar = tqdm(total=len(rows), desc="prior: TRAK", unit="model", disable=not progress)
     for _, k_train, k_target, q in kernels(masks, seeds, {"worker": worker, "data": data}):
         k_train, k_target = torch.from_numpy(k_train).double(), torch.from_numpy(k_target).double()
+        if k_target.shape != (T, N):
+            raise DatamodelsError(f"fit.prior: the worker's gradient kernels are for {k_target.shape[0]} targets and "
+                                  f"{k_target.shape[1]} training examples, the store has {T} and {N}: is "
+                                  f"data.targets the one the store was made with?")
         scale = float(torch.diagonal(k_train).mean()) or 1.0
         for r in ridges:
             factor = torch.linalg.cholesky(k_train + r * scale * torch.eye(N, dtype=torch.float64))
