@@ -316,11 +316,10 @@ def _scaled_prior(train: "_Stats", val: "_Stats", candidates: dict):
         cov = (p * train.xy).sum(0) / train.n - mz * my
         a = torch.where(var > 0, cov / var.clamp(min=1e-300), torch.zeros_like(var)).clamp(min=0)
         # validation SSE of ȳ + a·(x − x̄)ᵀp, from the validation statistics
-        v = val
-        sz, szz, syz = v.sx @ p, (p * v.xx_times(p)).sum(0), (p * v.xy).sum(0)
-        syy = v.yy - 2 * my * v.sy + v.n * my * my
-        sdz = szz - 2 * mz * sz + v.n * mz * mz
-        syd = syz - mz * v.sy - my * sz + v.n * my * mz
+        sz, szz, syz = val.sx @ p, (p * val.xx_times(p)).sum(0), (p * val.xy).sum(0)
+        syy = val.yy - 2 * my * val.sy + val.n * my * my
+        sdz = szz - 2 * mz * sz + val.n * mz * mz
+        syd = syz - mz * val.sy - my * sz + val.n * my * mz
         sse = float((syy - 2 * a * syd + a * a * sdz).sum())
         if best is None or sse < best[0]:
             best = (sse, p * a[None, :], name)
