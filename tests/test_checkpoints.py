@@ -1,5 +1,7 @@
 """Live LDS during the sweep: checkpoints, the forecast and the stop rules."""
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -108,6 +110,25 @@ def test_until_lds_stops_at_the_first_checkpoint_reaching_it_and_resumes(tmp_pat
     resumed = live.read_log(out / "store")
     assert [r["num_fit_models"] for r in resumed] == [80, 160, 240, 320]
     assert [r["per_target"] for r in resumed] == [r["per_target"] for r in reference]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_checkpoints_run_in_an_idle_process_whose_death_is_reported(run_config, ray_local):
+    cfg = config_lib.coerce(live_config(run_config))
+    store = Store(sweep(cfg, progress=False)["store"])
+    # Another interval: checkpoints not logged yet, so the monitor starts its process at once.
+    monitor = live.Monitor(store, cfg, 160)
+    child = monitor._child
+    deadline = time.monotonic() + 30
+    while os.sched_getscheduler(child.pid) != os.SCHED_IDLE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Idle priority, so that its solves take only what the sweep's tasks leave of the CPU.
+    assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+    child.kill()
+    monitor.add(store.rows("fit"))  # asks for a checkpoint: the process is gone
+    problem = monitor.finish()
+    assert problem == "live LDS checkpoint failed: the checkpoint process exited with code -9"
+    assert monitor.records == []
 
 
 def test_forecast_recovers_a_planted_learning_curve():
