@@ -48,17 +48,17 @@ LOG = "checkpoints.jsonl"
 WARM = "checkpoints_warm.npz"
 # Auto interval: about this many checkpoints per sweep, none closer than MIN_INTERVAL models
 # (below that the regression has too few models per validation split to mean much).  Each costs
-# a fraction of a fit: ten, on 100 targets, took 5.6 CPU-seconds on the digits default (AVX2 CPU).
+# a fraction of a fit: ten, on 100 targets, took 4.9 CPU-seconds on the digits default (AVX2 CPU).
 AUTO_CHECKPOINTS = 10
 MIN_INTERVAL = 100
-# A checkpoint is an estimate, made cheaply: the path solved at 30x fit.tol (fit solves its path
+# A checkpoint is an estimate, made cheaply: the path solved at 100x fit.tol (fit solves its path
 # at 10x and its refit at 1x); the path stopped 2 steps past the validation minimum rather than
 # 4; and no refit on the validation rows, so a checkpoint at n scores the datamodels of its 0.9n
 # training rows.  This puts the LDS 0.001-0.005 below that of `fit` on the same n models, a bias
-# every checkpoint shares.  On the digits default's ten checkpoints (AVX2 CPU, one thread), 30x
-# rather than 10x cut the CPU time from 8.4 to 5.6 s and moved no checkpoint's LDS by more than
-# 0.0006 (100x: 4.5 s, up to 0.0011).
-TOL_FACTOR = 30
+# every checkpoint shares.  On the digits default's ten checkpoints (AVX2 CPU, one thread), 100x
+# rather than 10x cut the solves' CPU time from 8.4 to 4.9 s and moved no checkpoint's LDS by
+# more than 0.0011 (30x: 6.2 s and 0.0006).
+TOL_FACTOR = 100
 SOLVE = {"refit": False, "patience": 2}
 BAND = (10, 90)  # percentiles of the bootstrap shown as the forecast's band
 LEVELS = (0.8, 0.85, 0.9, 0.95)  # LDS levels `datamodels status` forecasts when none is given
@@ -312,6 +312,7 @@ class Monitor:
         self.stop = stop_reason(self.history, *self.live.rules)
         self.error: Optional[str] = None
         self.solve_s = 0.0
+        self.process_cpu_s = 0.0  # the checkpoint process's CPU time, its start and imports included
         self.started = time.time()
         self._asked: Optional[int] = None  # the checkpoint being solved
         self._last = 0  # the latest checkpoint asked for
@@ -394,6 +395,7 @@ class Monitor:
 
     def _receive(self, message: dict) -> None:
         self._asked = None
+        self.process_cpu_s = message.pop("process_cpu_s", self.process_cpu_s)
         if "error" in message:
             self.error = message["error"]
             return
@@ -472,6 +474,7 @@ def _serve() -> None:
             reply = live.checkpoint(int(message["n"]), message.get("sweep_started"))
         except Exception as exc:  # reported by the driver; the sweep goes on
             reply = {"error": f"{type(exc).__name__}: {exc}"}
+        reply["process_cpu_s"] = round(time.process_time(), 3)  # this process's all: imports too
         out.write(json.dumps(reply) + "\n")
         out.flush()
         if "error" in reply:
