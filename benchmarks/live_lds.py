@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                 wall = time.perf_counter() - started
                 print(f"{name} {label} #{repeat}: {wall:.1f} s, {summary['trained']} models, "
                       f"{summary.get('checkpoints', 0)} checkpoints ({summary.get('checkpoint_solve_s', 0):.1f} s "
-                      f"solving, {summary.get('checkpoint_process_cpu_s', 0):.1f} s CPU in all), stopped: {summary['stopped']}", flush=True)
+                      f"solving), stopped: {summary['stopped']}", flush=True)
                 return {"wall_s": round(wall, 2), "summary": {k: v for k, v in summary.items() if k != "failed"},
                         "store": out / "store", "config": cfg}
 
@@ -160,13 +160,10 @@ def main(argv=None) -> int:
                                           "pair_overheads": [round(x, 4) for x in pairs],
                                           "median_pair_overhead": round(float(np.median(pairs)), 4),
                                           "checkpoint_solve_s": [r["summary"].get("checkpoint_solve_s") for r in with_live],
-                                          # all the checkpoint process's CPU time (its imports too), as a
-                                          # share of what the cores could do during the sweep: at idle
-                                          # priority, about what it can take from the tasks
-                                          "checkpoint_process_cpu_s": [r["summary"].get("checkpoint_process_cpu_s")
-                                                                       for r in with_live],
-                                          "process_cpu_share_of_cores": [
-                                              round(r["summary"].get("checkpoint_process_cpu_s", 0)
+                                          # the checkpoint thread's CPU time as a share of what the cores
+                                          # could do during the sweep: what it can take from the tasks
+                                          "solve_share_of_cores": [
+                                              round(r["summary"].get("checkpoint_solve_s", 0)
                                                     / (r["wall_s"] * (os.cpu_count() or 1)), 4) for r in with_live],
                                           "checkpoints": with_live[0]["summary"].get("checkpoints"),
                                           "stores_bitwise_equal": bool(same)}}

@@ -14,8 +14,8 @@ as it goes:
   held-out models.  A checkpoint at n uses exactly the first n fitting rows of the store,
   whatever order the tasks finished in, and a fixed per-row validation split, so its result
   depends on the store alone: a resumed sweep logs what an undisturbed one does, to the last
-  bit, and :func:`replay` recomputes a log from a finished store.  The solves run in a child
-  process at idle CPU priority while the tasks keep training.  Records go to
+  bit, and :func:`replay` recomputes a log from a finished store.  The solves run in a driver
+  thread at idle CPU priority while the tasks keep training.  Records go to
   ``STORE/checkpoints.jsonl``.
 * **Forecast.**  :func:`forecast` fits the learning curve LDS(n) = a − b·n^(−c) to the
   checkpoints (the estimation error of a regression from n samples shrinks like a power of
@@ -285,26 +285,20 @@ class LiveLDS:
 
 class Monitor:
     """The sweep's side of the live LDS: it follows which rows are complete and hands each due
-    checkpoint, one at a time, to a child process that runs :class:`LiveLDS` with one torch
-    thread under Linux's ``SCHED_IDLE`` policy, so that the solves take the cores' idle moments
-    and leave the tasks theirs.
+    checkpoint, one at a time, to a driver thread that runs :class:`LiveLDS` with one torch
+    thread under Linux's ``SCHED_IDLE`` policy (Linux schedules each thread by its own policy),
+    so that the solves take the cores' idle moments and leave the tasks theirs.
 
-    Why a process at idle priority: Ray runs its task workers at nice 15, so a driver thread at
-    nice 19 still had a third of a worker's share of the CPU (CFS weights 15 against 36 each),
-    and while descheduled it held the GIL the driver's own loop waits on.  With the solves in a
-    thread the digits default's sweep took 12-21 % longer; a ``SCHED_IDLE`` process (weight 3)
-    leaves both alone.  The child is a fresh interpreter (``python -m datamodels.checkpoints``),
-    not a fork of a driver that runs Ray's and torch's threads, nor a ``multiprocessing`` spawn,
-    which would re-run a user's script that lacks a ``__main__`` guard.
-
-    After each record the config's stop rules are checked (``stop``: why the sweep should stop;
-    set at the start too when the log already satisfies a rule)."""
+    Why idle priority: Ray runs its task workers at nice 15, so at nice 19 the thread still had
+    two fifths of a worker's share of a core (CFS weights 15 against 36), and the digits
+    default's sweep took 7-21 % longer with live LDS than without; ``SCHED_IDLE`` weighs 3.
+    Why a thread: a child process imports torch again, 2.7 CPU-seconds of a sweep's ~7 that
+    measured as much as the solves themselves.  After each record the config's stop rules are
+    checked (``stop``: why the sweep should stop; set at the start too when the log already
+    satisfies a rule)."""
 
     def __init__(self, store: Store, cfg, every: int):
-        from . import config as config_lib
-
         self.live = LiveLDS(store, cfg, every)
-        self.setup = {"store": str(store.path), "config": config_lib.to_dict(cfg), "every": int(every)}
         self.completed = np.asarray(store.completed, dtype=bool).copy()
         self.ready = 0
         self.history = list(self.live.history)
@@ -312,15 +306,14 @@ class Monitor:
         self.stop = stop_reason(self.history, *self.live.rules)
         self.error: Optional[str] = None
         self.solve_s = 0.0
-        self.process_cpu_s = 0.0  # the checkpoint process's CPU time, its start and imports included
         self.started = time.time()
         self._asked: Optional[int] = None  # the checkpoint being solved
         self._last = 0  # the latest checkpoint asked for
-        self._child = None
+        self._thread: Optional[threading.Thread] = None
+        self._requests: "queue.Queue[Optional[int]]" = queue.Queue()
         self._results: "queue.Queue[dict]" = queue.Queue()
+        self._threads_before: Optional[int] = None
         self._advance()
-        if not self.stop and self.live.next_due(len(self.live.fit_rows), final=True) is not None:
-            self._start()  # now: its imports (seconds) overlap the held-out models' training
 
     @property
     def latest(self) -> Optional[dict]:
@@ -359,51 +352,39 @@ class Monitor:
         n = self.live.next_due(self.ready, final=final, after=self._last)
         if n is None:
             return False
-        if self._child is None:
-            self._start()
-        try:
-            self._send({"n": int(n), "sweep_started": self.started})
-        except OSError:  # the child is gone; its reader thread reports why
-            pass
+        if self._thread is None:
+            import torch
+
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)  # process-wide: the driver's own thread does no torch work meanwhile
+            self._thread = threading.Thread(target=self._serve, name="datamodels-checkpoints", daemon=True)
+            self._thread.start()
+        self._requests.put(n)
         self._asked, self._last = n, n
         return True
 
-    def _start(self) -> None:
-        import subprocess
-        import sys
-
-        # The child finds this package (and anything else the driver imports) where the driver did.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._child = subprocess.Popen([sys.executable, "-m", "datamodels.checkpoints"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
-        self._send(self.setup)
-        reader = threading.Thread(target=self._read, args=(self._child,), name="datamodels-checkpoints", daemon=True)
-        reader.start()
-
-    def _send(self, message: dict) -> None:
-        self._child.stdin.write(json.dumps(message) + "\n")
-        self._child.stdin.flush()
-
-    def _read(self, child) -> None:
-        """The reader thread: the child's records, one JSON line each, into the results queue; a
-        child that dies says so."""
-        for line in child.stdout:
-            self._results.put(json.loads(line))
-        code = child.wait()
-        if code:
-            self._results.put({"error": f"the checkpoint process exited with code {code}"})
-
     def _receive(self, message: dict) -> None:
         self._asked = None
-        self.process_cpu_s = message.pop("process_cpu_s", self.process_cpu_s)
         if "error" in message:
             self.error = message["error"]
             return
         self.records.append(message)
         self.history.append(message)
-        self.live.logged.add(int(message["num_fit_models"]))
         self.solve_s += message["cpu_s"]
         self.stop = self.stop or stop_reason(self.history, *self.live.rules)
+
+    def _serve(self) -> None:
+        """The checkpoint thread: solve each n asked for, hand back its record."""
+        _idle_priority()
+        while True:
+            n = self._requests.get()
+            if n is None:
+                return
+            try:
+                self._results.put(self.live.checkpoint(n, self.started))
+            except Exception as exc:  # reported by the driver; the sweep goes on
+                self._results.put({"error": f"{type(exc).__name__}: {exc}"})
+                return
 
     def finish(self, final: bool = True) -> Optional[str]:
         """Wait for the checkpoint in progress; unless a stop rule fired, solve the remaining due
@@ -420,65 +401,30 @@ class Monitor:
         return f"live LDS checkpoint failed: {self.error}" if self.error else None
 
     def close(self, abandon: bool = False) -> None:
-        """End the checkpoint process once it is done with the checkpoint in progress (``abandon``:
-        at once; a checkpoint cut short is redone when the sweep resumes)."""
-        if self._child is None:
+        """End the checkpoint thread once it is done with the checkpoint in progress (``abandon``:
+        the same; a thread cannot be stopped midway)."""
+        if self._thread is None:
             return
-        child, self._child = self._child, None
-        try:
-            child.stdin.close()
-        except OSError:
-            pass
-        if abandon:
-            child.kill()
-        child.wait()
+        import torch
+
+        self._requests.put(None)
+        self._thread.join()
+        self._thread = None
+        torch.set_num_threads(self._threads_before)
 
 
 def _idle_priority() -> None:
-    """``SCHED_IDLE`` for this process's threads, those torch starts later included (they inherit
-    it); where that policy does not exist, nice 19."""
+    """``SCHED_IDLE`` for the calling thread (Linux: pid 0 names the calling thread); where that
+    policy does not exist, nice 19."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
     except (AttributeError, OSError):
-        try:
-            os.nice(19)
-        except (AttributeError, OSError):
-            pass
-
-
-def _serve() -> None:
-    """The checkpoint process (``python -m datamodels.checkpoints``): the first JSON line on stdin
-    names the store, the config and the interval; each next line asks for one checkpoint, whose
-    record (or ``{"error": ...}``) goes back as one JSON line on stdout.  Ends when stdin closes."""
-    import sys
-
-    import signal
-
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # stray prints of any library go to stderr, not into the records
-    # Ctrl-C at the terminal reaches the whole process group; the driver ends this process.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _idle_priority()
-    import torch
-
-    from . import config as config_lib
-
-    torch.set_num_threads(1)  # one thread, and the same sums as ``replay`` in any process
-    live = None
-    for line in sys.stdin:
-        message = json.loads(line)
-        try:
-            if live is None:
-                live = LiveLDS(Store(message["store"]), config_lib.from_dict(message["config"]), message["every"])
-                continue
-            reply = live.checkpoint(int(message["n"]), message.get("sweep_started"))
-        except Exception as exc:  # reported by the driver; the sweep goes on
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        reply["process_cpu_s"] = round(time.process_time(), 3)  # this process's all: imports too
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
-        if "error" in reply:
-            return
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 def replay(store, config, every: Optional[int] = None) -> List[dict]:
@@ -684,7 +630,3 @@ def describe(result: dict) -> List[str]:
     for budget, s in fc["lds_at"].items():
         lines.append(f"  at {int(budget):,} fitting models: LDS {band(s, lambda v: f'{v:.4f}')}")
     return lines
-
-
-if __name__ == "__main__":
-    _serve()

@@ -353,7 +353,6 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
                 summary["checkpoint_error"] = problem
             summary["checkpoints"] = len(live.records)
             summary["checkpoint_solve_s"] = round(live.solve_s, 3)
-            summary["checkpoint_process_cpu_s"] = live.process_cpu_s
             if live.latest:
                 summary["live_lds"] = {k: live.latest[k] for k in ("num_fit_models", "lds", "quantiles")}
     summary["wall_s"] = time.time() - started
