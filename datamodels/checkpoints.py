@@ -52,7 +52,7 @@ WARM = "checkpoints_warm.npz"
 AUTO_CHECKPOINTS = 10
 MIN_INTERVAL = 100
 # A checkpoint is an estimate, made cheaply: the path solved at 100x fit.tol (fit solves its path
-# at 10x and its refit at 1x); the path stopped 2 steps past the validation minimum rather than
+# at 30x and its refit at 1x); the path stopped 2 steps past the validation minimum rather than
 # 4; and no refit on the validation rows, so a checkpoint at n scores the datamodels of its 0.9n
 # training rows.  This puts the LDS 0.001-0.005 below that of `fit` on the same n models, a bias
 # every checkpoint shares.  On the digits default's ten checkpoints (AVX2 CPU, one thread), 100x

@@ -5,7 +5,7 @@ import pytest
 
 from datamodels.errors import DatamodelsError
 from datamodels.evaluate import lds
-from datamodels.fit import fit, load, predict
+from datamodels.fit import _PATH_TOL_FACTOR, fit, load, predict
 from datamodels.store import Store
 
 from bounds import U64, mse_bound, solver_bound
@@ -89,11 +89,12 @@ def test_streamed_equals_in_memory(synthetic):
     assert np.allclose(streamed["weight"], whole["weight"], rtol=0, atol=solver_bound(whole["weight"]))
     # bias = ȳ − x̄·w: off by |x̄|₁ = N/2 times the weights' bound at most
     assert np.allclose(streamed["bias"], whole["bias"], rtol=0, atol=N / 2 * solver_bound(whole["weight"]))
-    # the path is solved at 10x the tolerance (fit._PATH_TOL_FACTOR)
+    # the path is solved at fit._PATH_TOL_FACTOR times the tolerance (default 1e-4)
     path = whole["val_mse_path"]
     gap = np.abs(streamed["val_mse_path"] - path)
     assert np.array_equal(np.isnan(gap), np.isnan(path))
-    assert (gap[~np.isnan(path)] <= mse_bound(path, N, solver_bound(whole["weight"], tol=1e-3))[~np.isnan(path)]).all()
+    path_tol = _PATH_TOL_FACTOR * 1e-4
+    assert (gap[~np.isnan(path)] <= mse_bound(path, N, solver_bound(whole["weight"], tol=path_tol))[~np.isnan(path)]).all()
 
 
 def test_target_slices_equal_the_whole_fit(synthetic):
