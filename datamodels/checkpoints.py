@@ -292,8 +292,8 @@ class Monitor:
     Why idle priority: Ray runs its task workers at nice 15, so at nice 19 the thread still had
     two fifths of a worker's share of a core (CFS weights 15 against 36), and the digits
     default's sweep took 7-21 % longer with live LDS than without; ``SCHED_IDLE`` weighs 3.
-    Why a thread: a child process imports torch again, 2.7 CPU-seconds of a sweep's ~7 that
-    measured as much as the solves themselves.  After each record the config's stop rules are
+    Why a thread: a child process would import torch again, which cost 2.7 CPU-seconds per
+    sweep, as much as its solves.  After each record the config's stop rules are
     checked (``stop``: why the sweep should stop; set at the start too when the log already
     satisfies a rule)."""
 
@@ -400,9 +400,8 @@ class Monitor:
             self.close()
         return f"live LDS checkpoint failed: {self.error}" if self.error else None
 
-    def close(self, abandon: bool = False) -> None:
-        """End the checkpoint thread once it is done with the checkpoint in progress (``abandon``:
-        the same; a thread cannot be stopped midway)."""
+    def close(self) -> None:
+        """End the checkpoint thread once it is done with the checkpoint in progress."""
         if self._thread is None:
             return
         import torch

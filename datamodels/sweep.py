@@ -343,7 +343,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
                                            postfix=postfix))
         except BaseException:
             if live is not None:
-                live.close(abandon=True)
+                live.close()
             raise
         if live is not None:
             problem = live.finish(final=not summary["failed"])
