@@ -1,6 +1,7 @@
 """Hardware-dependent choices: measured, cached per machine, recorded; and the XᵀX kernels
 they choose between are all exact."""
 import json
+import os
 import time
 
 import numpy as np
@@ -74,6 +75,37 @@ def test_a_preferred_choice_survives_near_ties(cache_dir):
                            prefer="safe", margin=3.0) == "safe"
     assert hardware.choose("test.prefer2", {"safe": sleeper(0.06), "other": sleeper(0.002)},
                            prefer="safe", margin=3.0) == "other"
+
+
+def test_together_times_the_candidates_in_fresh_processes_at_once(tmp_path):
+    together = hardware.Together("probe_builders:logged_sleeps", (str(tmp_path), 0.05), copies=2)
+    seconds = hardware.time_together(together, repeats=3, rounds=2)
+    assert set(seconds) == {"short", "long"}
+    # A 50 ms sleep: timed at no less, and not at the several-fold more of a missed start.
+    assert all(0.05 <= s < 0.5 for s in seconds.values())
+    calls = [line.split() for path in tmp_path.glob("*.log") for line in path.read_text().splitlines()]
+    pids = {int(c[1]) for c in calls}
+    assert len(pids) == 2 and os.getpid() not in pids
+    # Per process and label: a warm-up, then rounds x repeats timed calls.
+    assert sorted(len([c for c in calls if c[1] == str(pid) and c[0] == label]) for pid in pids
+                  for label in seconds) == [7] * 4
+    # Every timed call of one process overlaps a call of the other with the same label.
+    for label in seconds:
+        mine, theirs = ([(float(c[2]), float(c[3])) for c in calls if c[0] == label and int(c[1]) == pid]
+                        for pid in sorted(pids))
+        for start, end in mine[1:]:
+            assert any(s < end and start < e for s, e in theirs[1:])
+
+
+def test_choose_falls_back_to_timing_alone_and_says_why(cache_dir):
+    together = hardware.Together("probe_builders:broken", ("no probes here",), copies=2)
+    value = hardware.choose("test.together", {"slow": sleeper(0.04), "fast": sleeper(0.002)}, together=together)
+    assert value == "fast"
+    how = hardware.choices()["test.together"]["how"]
+    assert "alone (a probe process failed: ValueError: no probes here)" in how
+    # The copies are part of the cache key: one copy is another question than two.
+    cached = json.loads((cache_dir / "choices.json").read_text())
+    assert any(key.startswith("test.together| copies=2|") for key in cached)
 
 
 def test_choices_made_before_an_error_are_not_logged(caplog):

@@ -35,6 +35,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def test_k_is_timed_with_a_probe_process_per_task_slot(tmp_path, monkeypatch):
+    from datamodels import hardware
+
+    monkeypatch.setenv("DATAMODELS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "_MEASURED", {})
+    k = mlp.default_models_per_task({"name": "workers.mlp", "hidden": 16, "precision": "float32"})
+    entry = hardware.choices()["workers.mlp.models_per_task.float32"]
+    assert entry["how"].startswith("measured now")
+    assert set(entry["seconds"]) == {str(c) for c in mlp._KS["cpu"]}
+    assert str(k) == min(entry["seconds"], key=entry["seconds"].get)
+    # One-thread tasks: as many at once as this machine has cores (the CI machine: 2).
+    assert ("2 processes side by side" in entry["how"]) == (hardware.task_slots(1) == 2)
+    assert ("alone" in entry["how"]) == (hardware.task_slots(1) == 1)
+
+
 @pytest.fixture(scope="module")
 def digits():
     d = load_digits()

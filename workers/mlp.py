@@ -32,8 +32,9 @@ different numbers of steps, so a task with mixed sizes trains one stack per size
 What is fastest depends on the machine, so two settings are measured there rather than fixed:
 ``precision: auto`` (the default) and K (``sweep.models_per_task: 0``, the default).  A short probe
 (``resolve``, ``default_models_per_task``: a few SGD steps of the real stack on random data of
-the real shapes, well under a second, cached per machine by ``datamodels.hardware``) picks K
-among 10, 25, 50 and 100 models, and bfloat16 only where it trains at least 1.5x more models per
+the real shapes, cached per machine by ``datamodels.hardware``) picks K among 10, 25, 50 and
+100 models, timed on CPU in one process per task slot at once as the sweep's tasks run (a few
+seconds, once per machine), and bfloat16 only where it trains at least 1.5x more models per
 second than float32, which needs bf16 dot products (AVX512-BF16 or AMX; never on AVX2-only CPUs,
 where bf16 matmuls run ~8x slower).  The sweep's driver decides once per sweep and records the
 choices (``metrics.json``) and the precision (the store).
@@ -144,9 +145,24 @@ def choose_models_per_task(cfg: Config, shape: Tuple[int, int]) -> int:
         k = _KS["cuda"][-2]
         hardware.record(name, k, "worker.device is cuda, but there is no GPU here to measure on")
         return k
+    together = None
+    if device.type == "cpu":
+        # Every task slot of a sweep trains at once, sharing the caches and the memory bus: a
+        # stack that is fastest alone may not be when the others run too (on a 2-core AVX2 EPYC,
+        # K = 50 won alone, but two copies side by side trained ~10% more models per second
+        # at K = 25).  So K is timed with a probe process per task slot.
+        together = hardware.Together("workers.mlp:k_probes", (dataclasses.asdict(cfg), list(shape)),
+                                     copies=hardware.task_slots(torch.get_num_threads()),
+                                     threads=torch.get_num_threads())
+    return int(hardware.choose(name, k_probes(cfg, shape), key=_shape_key(cfg, shape), together=together))
+
+
+def k_probes(cfg, shape) -> dict:
+    """{K: a probe of a stack of K models} for every candidate K (``cfg``: a Config or its dict)."""
+    cfg = cfg if isinstance(cfg, Config) else Config(**cfg)
+    device = torch.device(cfg.device)
     ks = _KS["cuda" if device.type == "cuda" else "cpu"]
-    probes = {str(k): _probe(cfg, shape, k, _model_steps(device)) for k in ks}
-    return int(hardware.choose(name, probes, key=_shape_key(cfg, shape)))
+    return {str(k): _probe(cfg, tuple(shape), k, _model_steps(device)) for k in ks}
 
 
 def _cpu_bf16_missing() -> str:
