@@ -180,15 +180,16 @@ def _cpu_bf16_missing() -> str:
     return "" if native else "float32: oneDNN has no bfloat16 kernels here"
 
 
-def _shape(meta: Optional[dict]) -> Tuple[int, int]:
-    """(inputs, classes) of the prepared data; the digits' without ``meta``."""
+def _shape(meta: Optional[dict]) -> Tuple[int, int, int]:
+    """(inputs, classes, training examples) of the prepared data; the digits' without ``meta``."""
     if not meta:
-        return 64, 10
-    return int(np.prod(meta["image_shape"])), int(meta.get("num_classes", 10))
+        return 64, 10, 1297
+    return int(np.prod(meta["image_shape"])), int(meta.get("num_classes", 10)), int(meta.get("num_train", 1297))
 
 
-def _shape_key(cfg: Config, shape: Tuple[int, int]) -> str:
-    return f"in={shape[0]} classes={shape[1]} hidden={cfg.hidden} batch={cfg.batch_size} device={cfg.device}"
+def _shape_key(cfg: Config, shape: Tuple[int, int, int]) -> str:
+    return (f"in={shape[0]} classes={shape[1]} train={shape[2]} hidden={cfg.hidden} batch={cfg.batch_size} "
+            f"device={cfg.device}")
 
 
 def _model_steps(device: torch.device) -> int:
@@ -196,23 +197,34 @@ def _model_steps(device: torch.device) -> int:
     return 4 * _KS["cuda" if device.type == "cuda" else "cpu"][-1]
 
 
-def _probe(cfg: Config, shape: Tuple[int, int], k: int, model_steps: int) -> Callable[[], None]:
+def _probe(cfg: Config, shape: Tuple[int, int, int], k: int, model_steps: int) -> Callable[[], None]:
     """A call that trains a stack of ``k`` models on random data of the real shapes for
     ``model_steps // k`` SGD steps through the real code (batch gathers, step, update): every
-    candidate does the same work, so the fastest call has the most models per second.  Built on
-    its first call (the untimed warm-up), so a cached choice costs nothing."""
+    candidate does the same work, so the fastest call has the most models per second.  Each
+    model trains on its own random subset of the real number of training examples (at most
+    half of them), as in a sweep: the batch gathers then touch as much memory as real ones,
+    which is what separates the candidates when several tasks share the caches.  Built on its
+    first call (the untimed warm-up), so a cached choice costs nothing."""
     device = torch.device(cfg.device)
-    num_in, classes = shape
+    num_in, classes, rows = shape
+    steps = max(1, model_steps // k)
+    # the fewest epochs whose subsets fit in half the data; steps a multiple of them
+    half = max(rows // 2, cfg.batch_size)
+    epochs = next(e for e in range(1, steps + 1) if steps % e == 0 and steps // e * cfg.batch_size <= half)
+    size = steps // epochs * cfg.batch_size
+    rows = max(rows, size)
     state = {}
 
     def run():
         if not state:
-            n = max(1, model_steps // k) * cfg.batch_size
             g = torch.Generator().manual_seed(0)
-            state["x"] = torch.cat([torch.randn(n, num_in, generator=g), torch.ones(n, 1)], dim=1).to(device)
-            state["onehot"] = torch.eye(classes)[torch.randint(classes, (n,), generator=g)].to(device)
-            state["net"] = _StackedMLP(np.ones((k, n), dtype=bool), np.arange(k), num_in, classes,
-                                       dataclasses.replace(cfg, epochs=1), device)
+            state["x"] = torch.cat([torch.randn(rows, num_in, generator=g), torch.ones(rows, 1)], dim=1).to(device)
+            state["onehot"] = torch.eye(classes)[torch.randint(classes, (rows,), generator=g)].to(device)
+            masks = np.zeros((k, rows), dtype=bool)
+            for i, picked in enumerate(np.random.default_rng(0).random((k, rows)).argsort(1)[:, :size]):
+                masks[i, picked] = True
+            state["net"] = _StackedMLP(masks, np.arange(k), num_in, classes,
+                                       dataclasses.replace(cfg, epochs=epochs), device)
         state["net"].fit(state["x"], state["onehot"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -255,7 +267,7 @@ def _trained(x_train, y_train, x_target, y_target, masks, seeds, cfg: Config):
     xt = _flat(x_target, mean, std).to(device)
     num_classes = int(max(y_train.max(), y_target.max())) + 1
     if cfg.precision == "auto":
-        cfg = dataclasses.replace(cfg, precision=choose_precision(cfg, (x.shape[1] - 1, num_classes)))
+        cfg = dataclasses.replace(cfg, precision=choose_precision(cfg, (x.shape[1] - 1, num_classes, len(x))))
     onehot = torch.eye(num_classes, device=device)[torch.from_numpy(y_train.astype(np.int64)).to(device)]
     yt = torch.from_numpy(y_target.astype(np.int64)).to(device)
     masks = np.asarray(masks, dtype=bool)
