@@ -255,9 +255,10 @@ def time_together(together: Together, repeats: int = 3, rounds: int = 3,
     processes at once, candidate by candidate: all processes wait until every one is ready, then
     all time it (the median of ``repeats`` calls, after a warm-up in the first round).  Over
     processes the median, over ``rounds`` of all candidates the least: a burst of other load
-    on a shared machine slows a round, it never speeds one up.  Fresh interpreters (``python -m datamodels.hardware``), not forks of this one:
-    torch's thread pools do not survive a fork, and a spawned copy of a user's script would rerun
-    it.  Raises RuntimeError (one line) if a process fails or does not answer in ``timeout_s``."""
+    on a shared machine slows a round, it never speeds one up.  The processes are fresh
+    interpreters (``python -m datamodels.hardware``), not forks of this one: torch's thread pools
+    do not survive a fork, and a spawned copy of a user's script would rerun it.  Raises
+    RuntimeError (one line) if a process fails or does not answer in ``timeout_s``."""
     spec = json.dumps({"build": together.build, "args": list(together.args), "threads": together.threads,
                        "repeats": repeats, "rounds": rounds, "path": sys.path})
     env = {**os.environ, "OMP_NUM_THREADS": str(together.threads), "MKL_NUM_THREADS": str(together.threads)}

@@ -113,7 +113,7 @@ def default_models_per_task(worker: dict, meta: Optional[dict] = None) -> int:
     return choose_models_per_task(cfg, shape)
 
 
-def choose_precision(cfg: Config, shape: Tuple[int, int], models_per_task: int = 0) -> str:
+def choose_precision(cfg: Config, shape: Tuple[int, int, int], models_per_task: int = 0) -> str:
     name = "workers.mlp.precision"
     device = torch.device(cfg.device)
     if device.type == "cuda":
@@ -136,7 +136,7 @@ def choose_precision(cfg: Config, shape: Tuple[int, int], models_per_task: int =
     return hardware.choose(name, probes, key=key, prefer="float32", margin=_BF16_MARGIN)
 
 
-def choose_models_per_task(cfg: Config, shape: Tuple[int, int]) -> int:
+def choose_models_per_task(cfg: Config, shape: Tuple[int, int, int]) -> int:
     name = f"workers.mlp.models_per_task.{cfg.precision}"
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -149,8 +149,8 @@ def choose_models_per_task(cfg: Config, shape: Tuple[int, int]) -> int:
     if device.type == "cpu":
         # Every task slot of a sweep trains at once, sharing the caches and the memory bus: a
         # stack that is fastest alone may not be when the others run too (on a 2-core AVX2 EPYC,
-        # K = 50 won alone, but two copies side by side trained ~10% more models per second
-        # at K = 25).  So K is timed with a probe process per task slot.
+        # K = 50 won alone, but two copies side by side trained 175-181 models/s at K = 25 against
+        # 152-163 at K = 50).  So K is timed with a probe process per task slot.
         together = hardware.Together("workers.mlp:k_probes", (dataclasses.asdict(cfg), list(shape)),
                                      copies=hardware.task_slots(torch.get_num_threads()),
                                      threads=torch.get_num_threads())
