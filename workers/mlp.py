@@ -301,10 +301,18 @@ def gradient_kernels(masks: np.ndarray, seeds: np.ndarray, config: dict):
         for i, row in enumerate(rows):
             parts = [_gradient_parts(w1[i], w2[i], b2[i], inputs.double(), lab)
                      for inputs, lab in ((x, labels), (xt, yt))]
-            (u, xs, g, h, q), (ut, xts, gt, ht, _) = parts
-            k_train = (u @ u.T) * (xs @ xs.T) + (g @ g.T) * (h @ h.T + 1)
-            k_target = (ut @ u.T) * (xts @ xs.T) + (gt @ g.T) * (ht @ h.T + 1)
-            yield int(row), k_train.cpu().numpy(), k_target.cpu().numpy(), q.cpu().numpy()
+            k_train, k_target = (sum(k) for k in zip(*kernel_parts(*parts)))
+            yield int(row), k_train.cpu().numpy(), k_target.cpu().numpy(), parts[0][4].cpu().numpy()
+
+
+def kernel_parts(train, target):
+    """[(ΦΦᵀ, Φ_targetΦᵀ)] of each parameter group (first layer; second layer's weights; its
+    bias), from ``_gradient_parts`` of the training and target examples: their sums are the
+    kernels of ``gradient_kernels``."""
+    (u, xs, g, h, _), (ut, xts, gt, ht, _) = train, target
+    return [((u @ u.T) * (xs @ xs.T), (ut @ u.T) * (xts @ xs.T)),
+            ((g @ g.T) * (h @ h.T), (gt @ g.T) * (ht @ h.T)),
+            (g @ g.T, gt @ g.T)]
 
 
 def _gradient_parts(w1, w2, b2, x, labels):
