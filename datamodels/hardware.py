@@ -262,9 +262,16 @@ def time_together(together: Together, repeats: int = 3, rounds: int = 3,
     spec = json.dumps({"build": together.build, "args": list(together.args), "threads": together.threads,
                        "repeats": repeats, "rounds": rounds, "path": sys.path})
     env = {**os.environ, "OMP_NUM_THREADS": str(together.threads), "MKL_NUM_THREADS": str(together.threads)}
-    procs = [subprocess.Popen([sys.executable, "-m", "datamodels.hardware"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-             for _ in range(together.copies)]
+    procs: List[subprocess.Popen] = []
+    try:
+        for _ in range(together.copies):
+            procs.append(subprocess.Popen([sys.executable, "-m", "datamodels.hardware"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env))
+    except OSError as exc:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise RuntimeError(f"cannot start a probe process: {exc}") from None
     lines = [queue.Queue() for _ in procs]  # per process: each says one line per step, in step
 
     def pump(proc, out):  # a reader per process, so that waiting on one has a deadline

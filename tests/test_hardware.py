@@ -2,6 +2,7 @@
 they choose between are all exact."""
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -106,6 +107,12 @@ def test_choose_falls_back_to_timing_alone_and_says_why(cache_dir):
     # The copies are part of the cache key: one copy is another question than two.
     cached = json.loads((cache_dir / "choices.json").read_text())
     assert any(key.startswith("test.together| copies=2|") for key in cached)
+
+
+def test_probe_processes_that_cannot_start_are_a_one_line_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    with pytest.raises(RuntimeError, match="cannot start a probe process: .*no-python-here"):
+        hardware.time_together(hardware.Together("probe_builders:logged_sleeps", (str(tmp_path), 0.01), copies=2))
 
 
 def test_choices_made_before_an_error_are_not_logged(caplog):
