@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 from machine import machine_info, save_result  # noqa: E402
 
 
-def features(cfg, store, num_models: int, ridges) -> dict:
-    """{(ridge, group): float64 [T, N]}: TRAK's Kₜ,g (K + λI)⁻¹ per parameter group g, averaged
-    over the store's first ``num_models`` fitting models, times mean Q (as ``datamodels.priors``)."""
+def features(cfg, store, num_models: int, ridges):
+    """({(ridge, group): float64 [T, N]}, the training labels): TRAK's Kₜ,g (K + λI)⁻¹ per
+    parameter group g, averaged over the store's first ``num_models`` fitting models, times mean
+    Q (as ``datamodels.priors``)."""
     from datamodels.prepare import prepare, read_meta
     from datamodels.sweep import _seeds, resolve_worker, stored_worker_settings
     from workers import mlp
@@ -46,7 +47,7 @@ def features(cfg, store, num_models: int, ridges) -> dict:
     x_train, y_train = load_split(str(data_dir), "train")
     x_target, y_target = targets(str(data_dir), cfg.data.targets)
     rows = store.rows("fit")[:num_models]
-    n, t = len(y_train), len(y_target)
+    n = len(y_train)
     sums, q_sum = {}, torch.zeros(n, dtype=torch.float64)
     masks, seeds = np.asarray(store.masks[rows]), _seeds(store.seed, rows)
     for got, net, (x, xt, onehot, yt) in mlp._trained(x_train, y_train, x_target, y_target, masks, seeds, worker):
@@ -65,7 +66,7 @@ def features(cfg, store, num_models: int, ridges) -> dict:
                     sums[key] = sums.get(key, 0) + torch.cholesky_solve(k_target.T, factor).T
             q_sum += train[4]
     q_mean = q_sum / len(rows)
-    return {key: (value / len(rows) * q_mean[None, :]).numpy() for key, value in sums.items()}
+    return {key: (value / len(rows) * q_mean[None, :]).numpy() for key, value in sums.items()}, y_train
 
 
 def spearman_mean(pred: np.ndarray, actual: np.ndarray) -> float:
@@ -101,7 +102,6 @@ def main(argv=None) -> dict:
 
     from datamodels import config as config_lib
     from datamodels.store import Store
-    from workers.common import load_split
 
     torch.set_num_threads(1)
     tmp = None
@@ -121,11 +121,10 @@ def main(argv=None) -> dict:
     ridges = [float(r) for r in args.ridges.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     started = time.perf_counter()
-    phi = features(cfg, store, args.trak_models, ridges)
+    phi, y_train_labels = features(cfg, store, args.trak_models, ridges)
     features_s = time.perf_counter() - started
     keys = sorted(phi)
     stacked = np.stack([phi[k] for k in keys], 2)  # [T, N, F]
-    _, y_train_labels = load_split(str(Path(cfg.out) / "data"), "train")
     class_counts = np.stack([(y_train_labels == c) for c in np.unique(y_train_labels)], 1).astype(np.float32)
     eval_rows, fit_rows = store.rows("eval"), store.rows("fit")
     x_eval = np.asarray(store.masks[eval_rows], dtype=np.float32)
