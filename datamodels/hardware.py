@@ -129,9 +129,10 @@ def _write_cache(key: str, entry: dict) -> None:
         pass
 
 
-def time_call(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
+def time_call(fn: Callable[[], object], repeats: int = 3, warm_up: bool = True) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -344,12 +345,7 @@ def _probe_process() -> None:
                 say({"ready": label})
                 if sys.stdin.readline().strip() != "go":
                     return
-                times = []
-                for _ in range(spec["repeats"]):
-                    start = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - start)
-                say({"label": label, "seconds": statistics.median(times)})
+                say({"label": label, "seconds": time_call(fn, spec["repeats"], warm_up=False)})
     except Exception as exc:  # reported to the parent, which falls back to timing alone
         say({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
 
