@@ -10,7 +10,7 @@ import pytest
 from datamodels import hardware
 from datamodels.errors import DatamodelsError
 from datamodels.store import Store, subset_mask
-from datamodels.sweep import pack_tasks, sweep, train_masks
+from datamodels.sweep import pack_tasks, ray_session, sweep, train_masks
 
 
 def test_pack_tasks_groups_rows_by_block():
@@ -170,3 +170,49 @@ def test_tasks_get_their_cpu_share_of_torch_threads(run_config, monkeypatch, cpu
         assert (threads == cpus).all()
     finally:
         ray.shutdown()
+
+
+def test_a_local_ray_it_started_stops_monitor_first_and_leaves_nothing(monkeypatch):
+    """A Ray instance a session started is stopped at its end, leaving no process behind, and
+    Ray's autoscaler monitor is gone before ray.shutdown runs (otherwise its SIGTERM handler,
+    reporting to the already stopped GCS, holds the shutdown for Ray's 1 s grace period)."""
+    import psutil
+    import ray
+
+    ray.shutdown()
+    real_shutdown, at_shutdown = ray.shutdown, []
+    monkeypatch.setattr(ray, "shutdown", lambda *a, **k: (at_shutdown.append(_ray_children()), real_shutdown(*a, **k)))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with ray_session(None):
+        assert ray.is_initialized()
+        started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        assert any(_is_monitor(p) for p in started)  # Ray still runs one, else this checks nothing
+    assert not ray.is_initialized()
+    assert len(at_shutdown) == 1 and not any(_MONITOR in line for line in at_shutdown[0])
+    _, alive = psutil.wait_procs(started, timeout=15)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [" ".join(p.cmdline()) for p in alive]
+
+
+_MONITOR = os.path.join("autoscaler", "_private", "monitor.py")
+
+
+def _ray_children() -> list:
+    """The command lines of this process's children alive now."""
+    import psutil
+
+    lines = []
+    for child in psutil.Process().children():
+        try:
+            lines.append(" ".join(child.cmdline()))
+        except psutil.Error:  # exited meanwhile
+            pass
+    return lines
+
+
+def _is_monitor(process) -> bool:
+    import psutil
+
+    try:
+        return any(part.endswith(_MONITOR) for part in process.cmdline())
+    except psutil.Error:
+        return False
