@@ -28,7 +28,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -257,9 +257,14 @@ class Store:
         finally:
             lock.release()
 
-    def grow(self, num_fit: int, num_eval: int, chunk: int = 4096) -> Tuple[int, int]:
+    def grow(self, num_fit: int, num_eval: int, chunk: int = 4096,
+             on_allocated: Optional[Callable[[], None]] = None) -> Tuple[int, int]:
         """Add rows until the store has at least ``num_fit`` fitting and ``num_eval`` evaluation
-        models, writing each new row's mask.  Returns the (fit, eval) rows added."""
+        models, writing each new row's mask.  Returns the (fit, eval) rows added.
+
+        ``on_allocated()`` is called once the files have their new length and their blocks are
+        reserved (whether or not rows were added): from then on only the masks (~50 us a row)
+        and the spec remain to be written, so a caller can start other work."""
         self._writable()
         alpha, seed = self.alpha, self.seed
         if alpha is None or seed is None:
@@ -270,6 +275,8 @@ class Store:
         cur_fit = self.num_models - cur_eval
         add_fit, add_eval = max(0, num_fit - cur_fit), max(0, num_eval - cur_eval)
         if add_fit + add_eval == 0:
+            if on_allocated is not None:
+                on_allocated()
             return 0, 0
         old, new = self.num_models, self.num_models + add_fit + add_eval
         # Extend the files first (zero rows: incomplete), fill in masks, then publish the new
@@ -282,6 +289,8 @@ class Store:
         try:
             for current in files:
                 _extend_npy(current, new)
+            if on_allocated is not None:
+                on_allocated()
             current = self.path / "masks.npy"
             masks = np.lib.format.open_memmap(current, mode="r+")
             for start in range(old, new, chunk):

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -299,15 +300,11 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
     s = cfg.sweep
     started = time.time()
     with ExitStack() as locked, ExitStack() as on_ray:
-        with hardware.log_on_success():
-            store, worker, models_per_task = open_store(cfg, meta)
-            locked.enter_context(store.lock())
-
-        def plan():
+        def plan(on_allocated=None):
             """Grow the store; the unfinished rows and their tasks, held-out models first (so
             the live LDS is scored from the first checkpoint on; a stable sort: within each
             part, the row order of an undisturbed sweep)."""
-            store.grow(s.num_models, s.num_eval_models)
+            store.grow(s.num_models, s.num_eval_models, on_allocated=on_allocated)
             todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
             tasks = [(rows, np.asarray(store.masks[rows]), _seeds(store.seed, rows))
                      for rows in pack_tasks(todo, models_per_task)]
@@ -315,17 +312,26 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
             tasks.sort(key=lambda task: not is_eval[task[0]].any())
             return todo, tasks
 
-        if store.num_models - store.num_eval < s.num_models or store.num_eval < s.num_eval_models:
-            # New rows: their masks and seeds take ~70 us a model to make (seconds for a big
-            # sweep), and Ray takes seconds to start, so Ray starts meanwhile.
-            with ThreadPoolExecutor(1, thread_name_prefix="datamodels-plan") as pool:
-                planned = pool.submit(plan)
-                try:
-                    on_ray.enter_context(ray_session(address or s.address))
-                finally:
-                    todo, tasks = planned.result()  # the store is whole before an error surfaces
-        else:
-            todo, tasks = plan()
+        with hardware.log_on_success():  # the choices are logged once the store has grown
+            store, worker, models_per_task = open_store(cfg, meta)
+            locked.enter_context(store.lock())
+            if store.num_models - store.num_eval < s.num_models or store.num_eval < s.num_eval_models:
+                # New rows: their masks and seeds take ~70 us a model to make (seconds for a big
+                # sweep) and Ray takes seconds to start, so once the store's files have room
+                # (a full disk fails before Ray starts) Ray starts while they are made.
+                allocated = threading.Event()
+                with ThreadPoolExecutor(1, thread_name_prefix="datamodels-plan") as pool:
+                    planned = pool.submit(plan, allocated.set)
+                    while not allocated.wait(0.05) and not planned.done():
+                        pass
+                    if planned.done() and planned.exception() is not None:
+                        planned.result()  # raises: the store is unchanged, Ray never started
+                    try:
+                        on_ray.enter_context(ray_session(address or s.address))
+                    finally:
+                        todo, tasks = planned.result()  # the store is whole before an error surfaces
+            else:
+                todo, tasks = plan()
         summary = {"store": str(store.path), "num_models": store.num_models,
                    "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {},
                    "retried": 0, "timed_out": 0, "stopped": None}

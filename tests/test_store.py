@@ -39,6 +39,24 @@ def test_splits_and_growth_keep_existing_rows(tmp_path):
     assert store.grow(10, 3) == (0, 0)
 
 
+
+def test_grow_says_when_its_files_have_room_before_writing_masks(tmp_path):
+    """on_allocated comes once the files are long enough for the new rows but before the masks
+    and the spec are written (the sweep starts Ray then), and also when nothing is added."""
+    store = make(tmp_path)
+    store.grow(6, 2)
+    seen = []
+
+    def on_allocated():
+        masks = np.load(store.path / "masks.npy", mmap_mode="r")
+        seen.append((masks.shape[0], int(masks[8:].sum()), Store(store.path).num_models))
+
+    assert store.grow(10, 3, on_allocated=on_allocated) == (4, 1)
+    assert seen == [(13, 0, 8)]  # room for 13 rows, the new ones still empty, the spec still at 8
+    assert (np.asarray(store.masks[8:]).sum(1) == 15).all()
+    store.grow(10, 3, on_allocated=on_allocated)  # nothing to add
+    assert seen[1:] == [(13, 5 * 15, 13)]
+
 def test_reference_layout(tmp_path):
     store = make(tmp_path)
     store.grow(3, 0)
