@@ -89,6 +89,25 @@ def stack_predict(z_train, y_train, z_test, lam) -> np.ndarray:
     return np.einsum("mtf,tf->mt", b, coef) + y_mean
 
 
+def run_config(args, prefix: str):
+    """(config, data set name, temporary directory or None): ``--config``'s existing run, or with
+    ``--synthetic`` a fresh sweep of benchmarks/live_lds.py's npz image set (10,000 + 500 models)."""
+    from datamodels import config as config_lib
+
+    if not args.synthetic:
+        cfg = config_lib.load(args.config)
+        return cfg, cfg.data.source, None
+    from live_lds import make_synthetic
+
+    from datamodels.sweep import sweep
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    cfg = config_lib.load(ROOT / "configs" / "digits.yaml", [
+        f"out={tmp / 'run'}", "data.source=npz", f"data.path={make_synthetic(tmp / 'synthetic.npz')}"])
+    sweep(cfg, progress=False)
+    return cfg, "synthetic", tmp
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
@@ -100,23 +119,10 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    from datamodels import config as config_lib
     from datamodels.store import Store
 
     torch.set_num_threads(1)
-    tmp = None
-    if args.synthetic:
-        from live_lds import make_synthetic
-
-        from datamodels.sweep import sweep
-
-        tmp = Path(tempfile.mkdtemp(prefix="stacked-prior-"))
-        cfg = config_lib.load(ROOT / "configs" / "digits.yaml", [
-            f"out={tmp / 'run'}", "data.source=npz", f"data.path={make_synthetic(tmp / 'synthetic.npz')}"])
-        sweep(cfg, progress=False)
-    else:
-        cfg = config_lib.load(args.config)
-    name = "synthetic" if args.synthetic else cfg.data.source
+    cfg, name, tmp = run_config(args, "stacked-prior-")
     store = Store(Path(cfg.out) / "store")
     ridges = [float(r) for r in args.ridges.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
