@@ -316,20 +316,8 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
             store, worker, models_per_task = open_store(cfg, meta)
             locked.enter_context(store.lock())
             if store.num_models - store.num_eval < s.num_models or store.num_eval < s.num_eval_models:
-                # New rows: their masks and seeds take ~70 us a model to make (seconds for a big
-                # sweep) and Ray takes seconds to start, so once the store's files have room
-                # (a full disk fails before Ray starts) Ray starts while they are made.
-                allocated = threading.Event()
-                with ThreadPoolExecutor(1, thread_name_prefix="datamodels-plan") as pool:
-                    planned = pool.submit(plan, allocated.set)
-                    while not allocated.wait(0.05) and not planned.done():
-                        pass
-                    if planned.done() and planned.exception() is not None:
-                        planned.result()  # raises: the store is unchanged, Ray never started
-                    try:
-                        on_ray.enter_context(ray_session(address or s.address))
-                    finally:
-                        todo, tasks = planned.result()  # the store is whole before an error surfaces
+                # new rows to make: Ray starts meanwhile (and a resume starts it only if needed)
+                todo, tasks = _plan_while_connecting(plan, on_ray, address or s.address)
             else:
                 todo, tasks = plan()
         summary = {"store": str(store.path), "num_models": store.num_models,
@@ -427,6 +415,26 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
         first = next(iter(errors.values()))
         raise DatamodelsError(f"{len(errors)} of {len(masks)} retraining models failed; first error: {first}")
     return out
+
+
+def _plan_while_connecting(plan: Callable, on_ray: ExitStack, address: Optional[str]):
+    """``plan(on_allocated)``'s result, with Ray connected (its session entered into ``on_ray``)
+    meanwhile.  New rows' masks and seeds take ~70 us a model to make (seconds for a big sweep)
+    and a local Ray takes seconds to start, so plan runs in a thread and Ray starts (on this,
+    the main thread: Ray's driver needs it) as soon as plan reports that the store's files have
+    room: a full disk fails before Ray starts, the store unchanged."""
+    allocated = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="datamodels-plan") as pool:
+        planned = pool.submit(plan, allocated.set)
+        while not allocated.wait(0.05) and not planned.done():
+            pass
+        if planned.done() and planned.exception() is not None:
+            return planned.result()  # raises
+        try:
+            on_ray.enter_context(ray_session(address))
+        finally:
+            result = planned.result()  # the store is whole before any error surfaces
+    return result
 
 
 def _seeds(seed: int, rows: np.ndarray) -> np.ndarray:
