@@ -28,14 +28,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from machine import machine_info, save_result  # noqa: E402
-from stacked_prior import run_config  # noqa: E402
+from stacked_prior import add_run_arguments, run_config  # noqa: E402
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
-    p.add_argument("--synthetic", action="store_true",
-                   help="sweep benchmarks/live_lds.py's npz image set (10,000 + 500 models) into a temporary run first")
+    add_run_arguments(p)
     p.add_argument("--sizes", default="100,300,1000,3000", help="budgets n: models trained in all")
     p.add_argument("--repeats", default="2,5", help="seeds per mask r")
     p.add_argument("--out", default=None)

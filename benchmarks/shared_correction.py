@@ -31,7 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from machine import machine_info, save_result  # noqa: E402
-from stacked_prior import run_config, spearman_mean  # noqa: E402
+from stacked_prior import add_run_arguments, run_config, spearman_mean  # noqa: E402
 
 
 def fit_predict(x, y, prior, lam, rank):
@@ -56,9 +56,7 @@ def fit_predict(x, y, prior, lam, rank):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
-    p.add_argument("--synthetic", action="store_true",
-                   help="sweep benchmarks/live_lds.py's npz image set (10,000 + 500 models) into a temporary run first")
+    add_run_arguments(p)
     p.add_argument("--trak-models", type=int, default=30)
     p.add_argument("--sizes", default="100,300,1000")
     p.add_argument("--lambdas", default="0.3,1,3,10,30,100")

@@ -89,6 +89,13 @@ def stack_predict(z_train, y_train, z_test, lam) -> np.ndarray:
     return np.einsum("mtf,tf->mt", b, coef) + y_mean
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--synthetic``, read by :func:`run_config`."""
+    parser.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
+    parser.add_argument("--synthetic", action="store_true", help="sweep benchmarks/live_lds.py's npz image set "
+                                                                 "(10,000 + 500 models) into a temporary run first")
+
+
 def run_config(args, prefix: str):
     """(config, data set name, temporary directory or None): ``--config``'s existing run, or with
     ``--synthetic`` a fresh sweep of benchmarks/live_lds.py's npz image set (10,000 + 500 models)."""
@@ -110,9 +117,7 @@ def run_config(args, prefix: str):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
-    p.add_argument("--synthetic", action="store_true",
-                   help="sweep benchmarks/live_lds.py's npz image set (10,000 + 500 models) into a temporary run first")
+    add_run_arguments(p)
     p.add_argument("--trak-models", type=int, default=30)
     p.add_argument("--ridges", default="2,5,10")
     p.add_argument("--sizes", default="100,300,1000")
