@@ -57,6 +57,7 @@ def test_grow_says_when_its_files_have_room_before_writing_masks(tmp_path):
     store.grow(10, 3, on_allocated=on_allocated)  # nothing to add
     assert seen[1:] == [(13, 5 * 15, 13)]
 
+
 def test_reference_layout(tmp_path):
     store = make(tmp_path)
     store.grow(3, 0)
