@@ -28,7 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from machine import machine_info, save_result  # noqa: E402
-from stacked_prior import add_run_arguments, run_config  # noqa: E402
+from stacked_prior import add_run_arguments, fitted_lds, run_config, write_store  # noqa: E402
 
 
 def balanced_masks(labels: np.ndarray, alpha: float, count: int, seed: int) -> np.ndarray:
@@ -42,17 +42,6 @@ def balanced_masks(labels: np.ndarray, alpha: float, count: int, seed: int) -> n
     return masks
 
 
-def write_store(path: Path, masks: np.ndarray, margins: np.ndarray) -> None:
-    """A store in the reference layout (spec.json and .npy files) holding exactly these rows."""
-    path.mkdir(parents=True)
-    spec = {"num_models": len(masks), "schema": {"masks": {"shape": [masks.shape[1]], "dtype": "bool_"},
-                                                 "margins": {"shape": [margins.shape[1]], "dtype": "float32"}}}
-    (path / "spec.json").write_text(json.dumps(spec))
-    np.save(path / "masks.npy", masks)
-    np.save(path / "margins.npy", margins.astype(np.float32))
-    np.save(path / "_completed.npy", np.ones(len(masks), dtype=bool))
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(p)
@@ -60,7 +49,6 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    import datamodels
     from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.prepare import prepare
     from datamodels.store import Store, model_seed
@@ -83,10 +71,7 @@ def main(argv=None) -> dict:
             write_store(tmp / f"n{n}", masks[:n], margins[:n])
             point = {"n": n}
             for label, rows in (("plain", _FirstRows(store, n)), ("balanced", Store(tmp / f"n{n}"))):
-                started = time.perf_counter()
-                dm = datamodels.fit(rows, progress=False)
-                point[label] = round(float(datamodels.lds(store, dm)["lds"]), 4)
-                point[f"{label}_fit_s"] = round(time.perf_counter() - started, 1)
+                point[label], point[f"{label}_fit_s"] = fitted_lds(rows, store)
             print(json.dumps(point), flush=True)
             points.append(point)
     finally:

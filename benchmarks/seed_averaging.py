@@ -28,7 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from machine import machine_info, save_result  # noqa: E402
-from stacked_prior import add_run_arguments, run_config  # noqa: E402
+from stacked_prior import add_run_arguments, fitted_lds, run_config, write_store  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    import datamodels
+    from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.store import Store, model_seed
     from datamodels.sweep import ray_session, train_masks
 
@@ -69,25 +69,14 @@ def main(argv=None) -> dict:
                     m = n // r
                     if m < 20:
                         continue
-                    averaged = Store.create(tmp / f"r{r}-n{n}", num_train=store.num_train,
-                                            num_targets=store.num_targets, alpha=store.alpha, seed=store.seed)
-                    averaged.grow(m, 0)  # the same masks as the store's first m rows: same seed, alpha
-                    assert np.array_equal(np.asarray(averaged.masks), masks[:m])
-                    averaged.write(np.arange(m), mean[:m].astype(np.float32))
-                    started = time.perf_counter()
-                    dm = datamodels.fit(averaged, progress=False)
-                    point = {"n": n, "seeds_per_mask": r, "masks": m,
-                             "lds": round(float(datamodels.lds(store, dm)["lds"]), 4),
-                             "fit_s": round(time.perf_counter() - started, 1)}
+                    write_store(tmp / f"r{r}-n{n}", masks[:m], mean[:m])
+                    lds, fit_s = fitted_lds(Store(tmp / f"r{r}-n{n}"), store)
+                    point = {"n": n, "seeds_per_mask": r, "masks": m, "lds": lds, "fit_s": fit_s}
                     print(json.dumps(point), flush=True)
                     points.append(point)
         for n in sizes:  # the plain estimator: n masks, one model each
-            from datamodels.analyses.learning_curve import _FirstRows
-
-            started = time.perf_counter()
-            dm = datamodels.fit(_FirstRows(store, n), progress=False)
-            point = {"n": n, "seeds_per_mask": 1, "masks": n, "lds": round(float(datamodels.lds(store, dm)["lds"]), 4),
-                     "fit_s": round(time.perf_counter() - started, 1)}
+            lds, fit_s = fitted_lds(_FirstRows(store, n), store)
+            point = {"n": n, "seeds_per_mask": 1, "masks": n, "lds": lds, "fit_s": fit_s}
             print(json.dumps(point), flush=True)
             points.append(point)
     finally:

@@ -89,6 +89,28 @@ def stack_predict(z_train, y_train, z_test, lam) -> np.ndarray:
     return np.einsum("mtf,tf->mt", b, coef) + y_mean
 
 
+def write_store(path: Path, masks: np.ndarray, margins: np.ndarray) -> None:
+    """A store in the reference layout (spec.json and .npy files) holding exactly these rows."""
+    path.mkdir(parents=True)
+    spec = {"num_models": len(masks), "schema": {"masks": {"shape": [masks.shape[1]], "dtype": "bool_"},
+                                                 "margins": {"shape": [margins.shape[1]], "dtype": "float32"}}}
+    (path / "spec.json").write_text(json.dumps(spec))
+    np.save(path / "masks.npy", masks)
+    np.save(path / "margins.npy", margins.astype(np.float32))
+    np.save(path / "_completed.npy", np.ones(len(masks), dtype=bool))
+
+
+def fitted_lds(rows_store, eval_store) -> tuple:
+    """(LDS on ``eval_store``'s held-out models, fit seconds) of the default lasso fitted on
+    ``rows_store``'s fitting rows."""
+    import datamodels
+
+    started = time.perf_counter()
+    dm = datamodels.fit(rows_store, progress=False)
+    seconds = time.perf_counter() - started
+    return round(float(datamodels.lds(eval_store, dm)["lds"]), 4), round(seconds, 1)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config`` and ``--synthetic``, read by :func:`run_config`."""
     parser.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
