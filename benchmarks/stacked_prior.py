@@ -116,11 +116,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
     parser.add_argument("--synthetic", action="store_true", help="sweep benchmarks/live_lds.py's npz image set "
                                                                  "(10,000 + 500 models) into a temporary run first")
+    parser.add_argument("--synthetic-run", default=None, help="with --synthetic: the run's folder, kept and reused "
+                                                              "by later benchmarks (a complete sweep is not redone)")
 
 
 def run_config(args, prefix: str):
     """(config, data set name, temporary directory or None): ``--config``'s existing run, or with
-    ``--synthetic`` a fresh sweep of benchmarks/live_lds.py's npz image set (10,000 + 500 models)."""
+    ``--synthetic`` a sweep of benchmarks/live_lds.py's npz image set (10,000 + 500 models), in a
+    temporary folder or in ``--synthetic-run``."""
     from datamodels import config as config_lib
 
     if not args.synthetic:
@@ -130,11 +133,16 @@ def run_config(args, prefix: str):
 
     from datamodels.sweep import sweep
 
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    cfg = config_lib.load(ROOT / "configs" / "digits.yaml", [
-        f"out={tmp / 'run'}", "data.source=npz", f"data.path={make_synthetic(tmp / 'synthetic.npz')}"])
+    kept = args.synthetic_run is not None
+    folder = Path(args.synthetic_run) if kept else Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "synthetic.npz"
+    if not data.exists():
+        make_synthetic(data)
+    cfg = config_lib.load(ROOT / "configs" / "digits.yaml", [f"out={folder / 'run'}", "data.source=npz",
+                                                             f"data.path={data}"])
     sweep(cfg, progress=False)
-    return cfg, "synthetic", tmp
+    return cfg, "synthetic", None if kept else folder
 
 
 def main(argv=None) -> dict:

@@ -98,7 +98,7 @@ def cmd_fit(args) -> int:
     dm = fit(store, args.out, device=args.device, val_fraction=args.val_fraction,
              num_lambdas=args.num_lambdas, lambda_min_ratio=args.lambda_min_ratio, seed=args.seed,
              chunk_rows=args.chunk_rows, max_iter=args.max_iter, tol=args.tol, address=args.address,
-             slices=args.slices, targets=_target_range(args.targets), prior=prior)
+             slices=args.slices, targets=_target_range(args.targets), prior=prior, prior_gamma=args.prior_gamma)
     print(f"fitted {dm['weight'].shape[1]} datamodels over {dm['weight'].shape[0]} training examples "
           f"from {int(dm['num_models'])} models -> {args.out}")
     return 0
@@ -338,6 +338,8 @@ def cmd_run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import FitConfig
+
     p = argparse.ArgumentParser(prog="datamodels", description="Estimate datamodels: prepare, sweep, fit, evaluate, query.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -391,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prior", choices=["none", "trak"], default="none",
                     help="trak: the lasso around a prior mean from TRAK scores of a few of the store's models")
     sp.add_argument("--prior-models", type=int, default=30, help="models retrained for the TRAK prior")
+    sp.add_argument("--prior-gamma", type=float, default=FitConfig.prior_gamma,
+                    help="with --prior: weight each example's L1 penalty by (|prior| / mean |prior| + 0.1)^-gamma "
+                         "(the adaptive lasso); 0 penalises all alike")
     sp.add_argument("--config", help="the run's config, for --prior trak (default: config.yaml beside the store)")
     sp.set_defaults(func=cmd_fit)
 

@@ -68,6 +68,9 @@ class FitConfig:
     # models (datamodels.priors), computed by retraining the first prior_models fitting models.
     prior: str = "none"
     prior_models: int = 30
+    # the adaptive lasso around the prior: each weight's L1 penalty scaled by
+    # (|prior| / mean |prior| + 0.1)^-prior_gamma, so the examples the prior ranks high move freely
+    prior_gamma: float = 0.0
 
 
 @dataclass
@@ -169,6 +172,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(f.chunk_rows >= 1, f"fit.chunk_rows must be >= 1, got {f.chunk_rows}")
     _check(f.prior in ("none", "trak"), f"fit.prior must be none or trak, got {f.prior!r}")
     _check(f.prior_models >= 1, f"fit.prior_models must be >= 1, got {f.prior_models}")
+    _check(0 <= f.prior_gamma < float("inf"), f"fit.prior_gamma must be a number >= 0, got {f.prior_gamma}")
     cfg.worker = worker_config(cfg.worker)
     return cfg
 

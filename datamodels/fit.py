@@ -83,6 +83,12 @@ _PATH_TOL_FACTOR = 30
 # per target, and the same at 1,000 (100 validation models).  Without a prior it helped at 300
 # models (+0.011) and hurt at 10-100 (-0.003 to -0.011), so the plain fit stays per target.
 _POOLED_BELOW = 100
+# The adaptive lasso around a prior (``prior_gamma``): digits, TRAK prior from 30 models, LDS
+# at 100 / 300 / 1,000 / 3,000 models for γ = 0 / 0.5 / 1 / 2 in benchmarks/adaptive_prior.py.
+PRIOR_GAMMA = 0.0
+# Added to |pᵢ| / mean |p| before the power, so examples the prior puts at zero are not
+# frozen there (their penalty is at most ε^−γ times the mean).
+_PRIOR_EPSILON = 0.1
 # Steps along the λ path without a better validation error after which a target stops.
 _PATIENCE = 4
 # The same for a path warm-started near an earlier solve's choice (``_solve``'s ``warm``).
@@ -98,7 +104,7 @@ _KKT_SLACK = 1e-3
 # ---- public API -------------------------------------------------------------------------
 def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lambda_min_ratio=1e-3,
         max_iter=300, tol=1e-4, chunk_rows=8192, seed=0, targets=None, address=None, slices=None,
-        prior=None, progress=True) -> dict:
+        prior=None, prior_gamma=PRIOR_GAMMA, progress=True) -> dict:
     """Fit sparse linear datamodels for the store's targets; save them to ``out`` (.npz) if given.
 
     Uses only the completed rows of the fitting split (``store.rows("fit")``).  A fraction
@@ -119,6 +125,9 @@ def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lamb
     lowest validation error over all targets is kept (``prior_choice`` in the result), and the
     lasso fits the difference: the weights are the scaled prior plus a sparse correction.  With
     fewer than 100 validation models, all targets take the λ step of least total validation error.
+    ``prior_gamma`` γ ≥ 0 weights the correction's L1 penalty by the prior (the adaptive lasso,
+    Zou 2006): weight i of a target costs λ·(|pᵢ| / mean |p| + 0.1)^−γ (scaled to mean λ), so the
+    examples the prior ranks as influential move more easily; γ = 0 penalises all alike.
 
     Returns a dict of numpy arrays:
 
@@ -133,6 +142,8 @@ def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lamb
     - ``targets`` [T]: the store's target columns fitted; ``num_models``: fitting rows used.
     """
     _check_params(val_fraction, num_lambdas, lambda_min_ratio, max_iter, tol, chunk_rows)
+    if not (isinstance(prior_gamma, (int, float)) and 0 <= prior_gamma < math.inf):
+        raise DatamodelsError(f"fit.prior_gamma must be a number >= 0, got {prior_gamma!r}")
     _return_freed_memory()
     if slices is not None and (int(slices) != slices or slices < 1):
         raise DatamodelsError(f"fit slices must be an integer >= 1, got {slices}")
@@ -152,16 +163,18 @@ def fit(store, out=None, *, device="cpu", val_fraction=0.1, num_lambdas=40, lamb
     offset = _margins(store, rows[:_OFFSET_ROWS], cols).mean(axis=0)
     reading = torch.device("cpu") if distributed else dev
     train, val = _accumulate(store, rows, is_val, cols, offset, chunk_rows, reading, progress)
-    base, choice = None, None
+    base, choice, penalty = None, None, None
     if prior is not None:
-        base, choice = _scaled_prior(train, val, _prior_candidates(prior, store, cols))
+        candidates = _prior_candidates(prior, store, cols)
+        base, choice = _scaled_prior(train, val, candidates)
         train, val = train.minus(base), val.minus(base)
+        penalty = _penalty_weights(candidates[choice], prior_gamma)
     params = dict(num_lambdas=num_lambdas, lambda_min_ratio=lambda_min_ratio, max_iter=max_iter, tol=tol,
                   pooled_below=_POOLED_BELOW if prior is not None else 0)
     if distributed:
-        result = _solve_on_ray(train, val, offset, params, dev, address, slices, progress)
+        result = _solve_on_ray(train, val, offset, params, dev, address, slices, progress, penalty)
     else:
-        result = _solve(train, val, offset, params, dev, progress)
+        result = _solve(train, val, offset, params, dev, progress, penalty=penalty)
     if base is not None:  # y − X·base was fitted: its bias is already that of y
         result["weight"] = (result["weight"] + base.cpu().numpy()).astype(np.float32)
         result["nnz"] = (result["weight"] != 0).sum(0).astype(np.int64)
@@ -304,6 +317,17 @@ def _prior_candidates(prior, store: Store, cols: np.ndarray) -> dict:
     return out
 
 
+def _penalty_weights(prior: torch.Tensor, gamma: float) -> Optional[torch.Tensor]:
+    """Adaptive-lasso weights [N, T] from a prior [N, T]: (|pᵢ| / mean |p| + ε)^−γ per target,
+    scaled to mean 1 so that λ keeps its meaning; None for γ = 0 (the plain penalty)."""
+    if gamma == 0:
+        return None
+    size = prior.abs()
+    relative = size / size.mean(0).clamp(min=1e-300)  # a zero prior: every weight equal
+    weights = (relative + _PRIOR_EPSILON) ** -float(gamma)
+    return weights / weights.mean(0)
+
+
 def _scaled_prior(train: "_Stats", val: "_Stats", candidates: dict):
     """(a·p [N, T] float64, name of p): the candidate prior p, scaled per target by the least-squares
     a ≥ 0 of the centred margins on the centred predictions Xp over the training rows, whose
@@ -402,16 +426,18 @@ def _temporaries_on_the_heap(nbytes: int):
 
 # ---- the path, choice of λ and refit, from sufficient statistics -----------------------------------
 def _solve(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: bool,
-           warm: Optional[dict] = None, refit: bool = True, patience: int = _PATIENCE) -> dict:
+           warm: Optional[dict] = None, refit: bool = True, patience: int = _PATIENCE,
+           penalty: Optional[torch.Tensor] = None) -> dict:
     """Everything after reading the store; a pure function of the statistics, so target
-    slices can be solved anywhere and put side by side (``_path_and_refit``)."""
+    slices can be solved anywhere and put side by side (``_path_and_refit``).  ``penalty``
+    [N, T] (positive): each weight's L1 penalty is λ times its entry (``_penalty_weights``)."""
     N, T = train.xy.shape
     with _temporaries_on_the_heap(8 * N * T):  # the solver's [N, T] matrices, float64 at most
-        return _path_and_refit(train, val, offset, params, dev, progress, warm, refit, patience)
+        return _path_and_refit(train, val, offset, params, dev, progress, warm, refit, patience, penalty)
 
 
 def _path_and_refit(train: "_Stats", val: "_Stats", offset, params: dict, dev, progress: bool,
-                    warm: Optional[dict], refit: bool, patience: int) -> dict:
+                    warm: Optional[dict], refit: bool, patience: int, penalty: Optional[torch.Tensor] = None) -> dict:
     """The λ path on the training rows, each target's λ chosen on the validation rows, and the
     refit on all rows.
 
@@ -432,7 +458,9 @@ def _path_and_refit(train: "_Stats", val: "_Stats", offset, params: dict, dev, p
     solver = _Lasso(prob.G, tol=tol * (_PATH_TOL_FACTOR if refit else 1), max_iter=max_iter)
 
     N, T = prob.C.shape
-    lam_max = prob.C.abs().amax(dim=0).double()
+    if penalty is not None:
+        penalty = torch.as_tensor(penalty).to(device=dev, dtype=dtype)
+    lam_max = (prob.C.abs() if penalty is None else prob.C.abs() / penalty).amax(dim=0).double()
     ratios = torch.logspace(0.0, math.log10(lambda_min_ratio), num_lambdas, dtype=torch.float64, device=dev)
     step_ratio = float(ratios[1] / ratios[0]) if num_lambdas > 1 else 1.0  # a geometric grid: one ratio
     lam_path = ratios[:, None] * lam_max[None, :]
@@ -474,7 +502,8 @@ def _path_and_refit(train: "_Stats", val: "_Stats", offset, params: dict, dev, p
         lam_prev = lam_path[(k - 1).clamp(min=0), act].to(dtype) if warm is None or step else lam
         start = _extrapolate(W, W_prev, step_ratio) if step >= 2 else W
         W_prev = W
-        W, R, path_converged[k, act] = solver.solve(C, lam, start, R, lam_prev)
+        W, R, path_converged[k, act] = solver.solve(C, lam, start, R, lam_prev,
+                                                    None if penalty is None else _cols(penalty, act))
         mse = valid.mse(W, act)
         mse_path[k, act] = mse
         better = mse < best_mse[act]  # strict: ties keep the larger λ, the sparser model
@@ -502,7 +531,8 @@ def _path_and_refit(train: "_Stats", val: "_Stats", offset, params: dict, dev, p
     if refit:  # on all rows: both Grams turned back into counts and added, in place
         train.xx, val.xx = prob.centring.undo(prob.G), valid.centring.undo(valid.G)
         prob.G = valid = None
-        weight, bias, refit_converged = _refit(train.absorb(val), prob, best_w, lam_best, dtype, tol, max_iter)
+        weight, bias, refit_converged = _refit(train.absorb(val), prob, best_w, lam_best, dtype, tol, max_iter,
+                                               penalty)
     else:  # the path's solution, in mask units
         prob.G = valid = None
         weight = best_w.double() * prob.scale[:, None]
@@ -531,15 +561,17 @@ _TARGET_AXIS = {"weight": 1, "bias": 0, "lam": 0, "nnz": 0, "val_mse": 0, "conve
                 "val_mse_path": 1, "path_index": 0}
 
 
-def _solve_slice(shared: dict, columns: dict, offset, params: dict, device: str) -> dict:
+def _solve_slice(shared: dict, columns: dict, offset, params: dict, device: str, penalty=None) -> dict:
     """A Ray task: the solve for one slice of targets (shared: n, sx, xx of both row sets)."""
     _return_freed_memory()
     train = _Stats.from_numpy(shared["train"], columns["train"])
     val = _Stats.from_numpy(shared["val"], columns["val"])
-    return _solve(train, val, np.array(offset), params, _device(device), progress=False)
+    penalty = None if penalty is None else torch.from_numpy(np.array(penalty))
+    return _solve(train, val, np.array(offset), params, _device(device), progress=False, penalty=penalty)
 
 
-def _solve_on_ray(train: "_Stats", val: "_Stats", offset, params: dict, dev, address, slices, progress) -> dict:
+def _solve_on_ray(train: "_Stats", val: "_Stats", offset, params: dict, dev, address, slices, progress,
+                  penalty: Optional[torch.Tensor] = None) -> dict:
     import ray
 
     from .sweep import ray_session
@@ -561,7 +593,8 @@ def _solve_on_ray(train: "_Stats", val: "_Stats", offset, params: dict, dev, add
         shared = ray.put({"train": train.shared_numpy(), "val": val.shared_numpy()})
         task = ray.remote(_solve_slice).options(max_retries=2, **options)
         refs = [task.remote(shared, {"train": train.columns_numpy(p), "val": val.columns_numpy(p)},
-                            np.asarray(offset)[p], params, str(dev)) for p in parts]
+                            np.asarray(offset)[p], params, str(dev),
+                            None if penalty is None else penalty[:, p].cpu().numpy()) for p in parts]
         bar = _progress(len(refs), progress, "fit: target slices", "slice")
         pending, done = list(refs), {}
         while pending:
@@ -1097,7 +1130,8 @@ def _top_eigenvalue(G: torch.Tensor) -> float:
 
 def _fista(matvec: Callable, c: torch.Tensor, lam: torch.Tensor, x0: torch.Tensor, L: float, tol: float,
            max_iter: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """FISTA for min ½xᵀAx − cᵀx + λ‖x‖₁, one problem per column of c [n, T].
+    """FISTA for min ½xᵀAx − cᵀx + λ‖x‖₁, one problem per column of c [n, T]; ``lam`` is [T],
+    or [n, T] for a penalty per entry (λ‖x‖₁ is then Σᵢ λᵢ|xᵢ|).
 
     ``matvec(z, cols)`` returns A·z for the columns ``cols`` still running.  A column stops
     once its largest change is at most ``tol`` times its largest entry; stopped columns drop
@@ -1119,7 +1153,7 @@ def _fista(matvec: Callable, c: torch.Tensor, lam: torch.Tensor, x0: torch.Tenso
         whole = len(act) == T
         za = z if whole else z.index_select(1, act)
         xa = x if whole else x.index_select(1, act)
-        ta, th = (t, thresh) if whole else (t[act], thresh[act])
+        ta, th = (t, thresh) if whole else (t[act], thresh.index_select(thresh.dim() - 1, act))
         u = za - (matvec(za, act) - (c if whole else c.index_select(1, act))) / L  # gradient step
         xn = u - u.clamp(-th, th)  # soft threshold
         d = xn - xa
@@ -1192,10 +1226,11 @@ class _Lasso:
         """Targets to solve on all features: a working set past the cutoff, or a support that fills it."""
         return (sizes > self.cutoff) | (support.sum(0) >= self.cutoff)
 
-    def solve(self, C, lam, W, R, lam_prev):
+    def solve(self, C, lam, W, R, lam_prev, penalty=None):
         """Warm-started from W, with R = C − G·W at the previous λ (``lam_prev``) for the
-        strong rule.  Returns (W, C − G·W, converged)."""
+        strong rule; ``penalty`` [N, T] weights each feature's λ.  Returns (W, C − G·W, converged)."""
         G = self.G
+        scaled = (lambda v: v[None, :]) if penalty is None else (lambda v: v[None, :] * penalty)
         T = C.shape[1]
         W, R = W.clone(), R.clone()
         converged = torch.zeros(T, dtype=torch.bool, device=C.device)
@@ -1203,7 +1238,7 @@ class _Lasso:
         # at the previous solution is very likely zero now.  The KKT check below catches
         # the rare exceptions, so the rule only decides where to look first.
         support = W != 0
-        S = self._limit(support | (R.abs() >= (2 * lam - lam_prev)[None, :]), support, R)
+        S = self._limit(support | (R.abs() >= scaled(2 * lam - lam_prev)), support, R)
         sizes = S.sum(0)
         big = self._too_big(sizes, support)
         dense = [torch.nonzero(big).squeeze(1)]
@@ -1212,13 +1247,14 @@ class _Lasso:
             if len(todo) == 0:
                 break
             for group in _groups(todo, sizes):
-                w, converged[group] = self._on_working_sets(_cols(C, group), lam[group], _cols(W, group),
-                                                            _cols(S, group), sizes[group])
+                w, converged[group] = self._on_working_sets(
+                    _cols(C, group), lam[group], _cols(W, group), _cols(S, group), sizes[group],
+                    None if penalty is None else _cols(penalty, group))
                 _put_cols(W, group, w)
             Wt = _cols(W, todo)
             Rt = _cols(C, todo) - _gram_times(G, Wt)
             _put_cols(R, todo, Rt)
-            St, lt = _cols(S, todo), lam[todo]
+            St, lt = _cols(S, todo), _cols(scaled(lam), todo)
             violated = (Rt.abs() > lt * (1 + _KKT_SLACK)) & ~St
             # The next working set: this one and the violators (largest |Rⱼ| first where capped).
             support = Wt != 0
@@ -1236,18 +1272,21 @@ class _Lasso:
         dense = torch.cat(dense)
         if len(dense):
             dense = torch.sort(dense).values
+            lam_dense = lam[dense] if penalty is None else _cols(scaled(lam), dense)
             w, r, converged[dense] = _fista(
-                lambda z, act: G @ z, _cols(C, dense), lam[dense], _cols(W, dense), self.L, self.tol, self.max_iter)
+                lambda z, act: G @ z, _cols(C, dense), lam_dense, _cols(W, dense), self.L, self.tol, self.max_iter)
             _put_cols(W, dense, w)
             _put_cols(R, dense, r)
         return W, R, converged
 
-    def _on_working_sets(self, C, lam, W, S, sizes):
+    def _on_working_sets(self, C, lam, W, S, sizes, penalty=None):
         idx, valid = _working_set_indices(S, sizes)
         if idx.shape[1] == 0:  # nothing can be nonzero: w = 0 (the KKT check confirms it)
             return torch.zeros_like(W), torch.ones(W.shape[1], dtype=torch.bool, device=W.device)
         c = C.gather(0, idx.T) * valid.T
         w0 = W.gather(0, idx.T) * valid.T
+        if penalty is not None:  # padded entries have c = w0 = 0 and stay 0 under any threshold
+            lam = lam[None, :] * penalty.gather(0, idx.T)
         w, _, converged = _fista(_Batched(_gather(self.G, idx, valid)), c, lam, w0, self.L, self.tol,
                                  self.max_iter)
         out = torch.zeros_like(W)
@@ -1283,7 +1322,7 @@ def _extrapolate(W: torch.Tensor, W_prev: torch.Tensor, ratio) -> torch.Tensor:
     return torch.where(torch.sign(guess) == torch.sign(W), guess, torch.zeros_like(guess))
 
 
-def _refit(everything: _Stats, prob: _Problem, w_train, lam, dtype, tol, max_iter):
+def _refit(everything: _Stats, prob: _Problem, w_train, lam, dtype, tol, max_iter, penalty=None):
     """Refit on all fitting rows at the chosen λ; returns (weight, bias, converged) in mask units
     (bias still without the margin offset)."""
     full = _standardise(everything, dtype)
@@ -1293,7 +1332,7 @@ def _refit(everything: _Stats, prob: _Problem, w_train, lam, dtype, tol, max_ite
     solver = _Lasso(full.G, tol=tol, max_iter=max_iter)
     lam = lam.to(dtype)
     R = full.C - _gram_times(full.G, start)
-    w, _, converged = solver.solve(full.C, lam, start, R, lam)
+    w, _, converged = solver.solve(full.C, lam, start, R, lam, penalty)
     weight = w.double() * full.scale[:, None]
     bias = full.my - full.mx @ weight
     return weight, bias, converged

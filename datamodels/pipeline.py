@@ -44,7 +44,8 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
         t = time.time()
     datamodels = fit(out / "store", out / "datamodels.npz", device=f.device, val_fraction=f.val_fraction,
                      num_lambdas=f.num_lambdas, lambda_min_ratio=f.lambda_min_ratio, max_iter=f.max_iter,
-                     tol=f.tol, chunk_rows=f.chunk_rows, seed=cfg.seed, prior=prior, progress=progress)
+                     tol=f.tol, chunk_rows=f.chunk_rows, seed=cfg.seed, prior=prior,
+                     prior_gamma=f.prior_gamma, progress=progress)
     times["fit_s"] = time.time() - t
 
     t = time.time()
