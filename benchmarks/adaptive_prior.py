@@ -1,5 +1,5 @@
-"""Two levers for fewer models, measured: adaptive-lasso weights from the prior, and sharing
-corrections between similar targets.
+"""Two levers for fewer models, measured: adaptive-lasso weights from the prior (kept:
+``fit.prior_gamma``, γ = 0.5), and sharing corrections between similar targets (dropped).
 
 Both start where ``fit.prior: trak`` does: each target's TRAK scores p (30 models), scaled by
 least squares, and the lasso fits the correction δ on what the prior leaves unexplained.

@@ -1,5 +1,6 @@
 """Estimators against the number of models trained: plain datamodels, TRAK, and the lasso around a
-TRAK prior (``fit.prior: trak``), scored by LDS on the same held-out models.
+TRAK prior (``fit.prior: trak``) with and without adaptive penalty weights (``fit.prior_gamma``),
+scored by LDS on the same held-out models.
 
 For each data set (the digits default, and ``synthetic``: the ``npz`` image set of
 ``benchmarks/live_lds.py``, not digits) and each sweep seed, it runs the default sweep
@@ -10,8 +11,10 @@ budget n (the first n fitting models):
 * **trak**: TRAK scores (``datamodels.priors.trak``: the exact-gradient kernel form, no
   projection) from min(n, ``--trak-max``) of those models, the ridge chosen on the fit's
   validation rows;
-* **prior**: ``datamodels.fit(..., prior=...)`` on the n models, around the TRAK prior from
-  min(n, ``--prior-models``) of them.
+* **prior**: ``datamodels.fit(..., prior=..., prior_gamma=0)`` on the n models, around the TRAK
+  prior from min(n, ``--prior-models``) of them, every weight's correction penalised alike;
+* **adaptive**: the same with ``prior_gamma=--gamma`` (the adaptive lasso: the correction's
+  penalty weighted by the prior's size).
 
 Every figure is the median over the sweep seeds; times are per fit (the prior's retraining and
 kernels counted apart).  The JSON also records, per data set, the models each estimator needs
@@ -61,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--trak-max", type=int, default=30, help="TRAK uses at most this many models")
     p.add_argument("--prior-models", type=int, default=None, help="models of the prior (default: fit.prior_models)")
+    p.add_argument("--gamma", type=float, default=0.5, help="prior_gamma of the adaptive estimator")
     p.add_argument("--out", default=str(HERE / "results" / "estimators.json"))
     args = p.parse_args(argv)
 
@@ -104,38 +108,43 @@ def main(argv=None) -> int:
                     plain = fit(sub, progress=False, seed=seed, val_fraction=val_fraction)
                     point["plain_fit_s"] = round(time.perf_counter() - started, 2)
                     point["plain"] = lds(store, plain)["lds"]
-                    for label, m in (("trak", min(n, args.trak_max)), ("prior", min(n, prior_models))):
+                    estimators = (("trak", min(n, args.trak_max), {"num_lambdas": 1}),
+                                  ("prior", min(n, prior_models), {"prior_gamma": 0.0}),
+                                  ("adaptive", min(n, prior_models), {"prior_gamma": args.gamma}))
+                    for label, m, options in estimators:
                         if m not in trak_cache:
                             started = time.perf_counter()
                             trak_cache[m] = (trak(cfg, rows=rows[:m], progress=False), time.perf_counter() - started)
                         scores, scores_s = trak_cache[m]
                         started = time.perf_counter()
-                        dm = fit(sub, progress=False, seed=seed, prior=scores, val_fraction=val_fraction,
-                                 num_lambdas=1 if label == "trak" else config_lib.FitConfig().num_lambdas)
+                        dm = fit(sub, progress=False, seed=seed, prior=scores, val_fraction=val_fraction, **options)
                         point[f"{label}_fit_s"] = round(time.perf_counter() - started, 2)
                         point[f"{label}_models"] = m
                         point[f"{label}_scores_s"] = round(scores_s, 2)
                         point[f"{label}_ridge"] = float(dm["prior_choice"])
-                        point[label] = (lds(store, dm)["lds"] if label == "prior"
-                                        else lds(store, scores=scores[float(dm["prior_choice"])])["lds"])
+                        point[label] = (lds(store, scores=scores[float(dm["prior_choice"])])["lds"] if label == "trak"
+                                        else lds(store, dm)["lds"])
                     print(f"{name} seed {seed} n={n}: plain {point['plain']:.4f}, trak {point['trak']:.4f} "
-                          f"({point['trak_models']} models), prior {point['prior']:.4f}", flush=True)
+                          f"({point['trak_models']} models), prior {point['prior']:.4f}, "
+                          f"adaptive {point['adaptive']:.4f}", flush=True)
                     points.append(point)
                 runs.append({"seed": seed, "sweep_s": round(sweep_s, 1), "points": points})
                 shutil.rmtree(out, ignore_errors=True)
             table = []
             for i, n in enumerate(sizes):
                 row = {"n": n}
-                for key in ("plain", "trak", "prior", "plain_fit_s", "prior_fit_s", "prior_scores_s", "trak_scores_s"):
+                for key in ("plain", "trak", "prior", "adaptive", "plain_fit_s", "prior_fit_s", "adaptive_fit_s",
+                            "prior_scores_s", "trak_scores_s"):
                     row[key] = round(float(np.median([r["points"][i][key] for r in runs])), 4)
-                row["prior_minus_best_other"] = round(row["prior"] - max(row["plain"], row["trak"]), 4)
+                for key in ("prior", "adaptive"):
+                    row[f"{key}_minus_best_other"] = round(row[key] - max(row["plain"], row["trak"]), 4)
                 table.append(row)
             level = table[-1]["plain"]
             results[name] = {
                 "median_over_seeds": table,
                 "plain_lds_at_largest_budget": level,
                 "models_to_reach_it": {k: models_to_reach([(r["n"], r[k]) for r in table], level)
-                                       for k in ("plain", "prior")},
+                                       for k in ("plain", "prior", "adaptive")},
                 "runs": runs,
             }
             print(json.dumps(results[name]["median_over_seeds"], indent=1), flush=True)
@@ -143,7 +152,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {"benchmark": "estimators: LDS against models trained", "cpu_capability": info["cpu_capability"],
               "machine": info, "settings": {"sizes": sizes, "seeds": seeds, "trak_max": args.trak_max,
-                                            "prior_models": prior_models, "config": "configs/digits.yaml"},
+                                            "prior_models": prior_models, "gamma": args.gamma, "config": "configs/digits.yaml"},
               "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,4 +1,5 @@
-"""A lever for fewer models, measured: orthogonal-array masks (randomised Hadamard designs).
+"""A lever for fewer models, measured and not kept: orthogonal-array masks (randomised Hadamard
+designs).
 
 Random α-subsets give a Gram matrix XᵀX whose off-diagonal entries vary by about √n around
 their mean; with n models close to N training examples that inflates the variance of the

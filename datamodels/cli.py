@@ -80,8 +80,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fit import fit
+    from .fit import check_prior_gamma, fit
     from .store import Store
+
+    check_prior_gamma(args.prior_gamma)  # before minutes of retraining for the prior
 
     store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
     prior = None

@@ -70,7 +70,7 @@ class FitConfig:
     prior_models: int = 30
     # the adaptive lasso around the prior: each weight's L1 penalty scaled by
     # (|prior| / mean |prior| + 0.1)^-prior_gamma, so the examples the prior ranks high move freely
-    prior_gamma: float = 0.0
+    prior_gamma: float = 0.5
 
 
 @dataclass

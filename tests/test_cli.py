@@ -70,6 +70,15 @@ def test_fit_around_a_trak_prior(tiny_run):
     plain = json.loads(cli("evaluate", "--run", out, "--json").stdout)["lds"]
     prior = json.loads(cli("evaluate", "--run", out, "--datamodels", out / "prior.npz", "--json").stdout)["lds"]
     assert prior > plain + 0.05, (prior, plain)
+    cli("fit", "--store", out / "store", "--out", out / "alike.npz", "--prior", "trak", "--prior-models", 3,
+        "--prior-gamma", 0)
+    alike = np.load(out / "alike.npz")
+    assert not np.array_equal(alike["weight"], dm["weight"])  # the default γ = 0.5 weights the penalty
+    np.testing.assert_array_equal(alike["prior_choice"], dm["prior_choice"])
+    bad = cli("fit", "--store", out / "store", "--out", out / "x.npz", "--prior", "trak", "--prior-gamma", -1,
+              check=False)
+    assert bad.returncode != 0 and "fit.prior_gamma must be a number >= 0, got -1.0" in bad.stderr
+    assert not (out / "x.npz").exists()
     bad = cli("fit", "--store", out / "store", "--out", out / "x.npz", "--prior", "trak", "--config", out / "nope.yaml",
               check=False)
     assert bad.returncode != 0 and "nope.yaml does not exist" in bad.stderr and not (out / "x.npz").exists()

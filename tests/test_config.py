@@ -24,6 +24,7 @@ def test_defaults_file_and_overrides():
     ("fit.val_fraction=0", "fit.val_fraction"),
     ("fit.prior=ridge", "fit.prior"),
     ("fit.prior_models=0", "fit.prior_models"),
+    ("fit.prior_gamma=-0.5", "fit.prior_gamma"),
     ("worker.hiden=3", "worker.hiden"),
     ("worker.epochs=many", "worker.epochs"),
     ("worker.name=no_such_module", "worker.name"),
