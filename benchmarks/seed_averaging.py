@@ -41,7 +41,8 @@ def main(argv=None) -> dict:
 
     from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.store import Store, model_seed
-    from datamodels.sweep import ray_session, train_masks
+    from datamodels.cluster import ray_session
+    from datamodels.sweep import train_masks
 
     cfg, name, tmp_run = run_config(args, "seed-averaging-")
     store = Store(Path(cfg.out) / "store")

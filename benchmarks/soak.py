@@ -131,7 +131,8 @@ def main(argv=None) -> dict:
     from datamodels import config as config_lib
     from datamodels.prepare import prepare
     from datamodels.store import Store
-    from datamodels.sweep import _seeds, sweep, train_masks
+    from datamodels.store import model_seeds
+    from datamodels.sweep import sweep, train_masks
 
     info = machine_info()
     tmp = Path(tempfile.mkdtemp(prefix="datamodels-soak-"))
@@ -195,7 +196,7 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(args.seed)
         rows = np.sort(rng.choice(store.num_models, size=min(args.reference_rows, store.num_models), replace=False))
         ref_started = time.time()
-        reference = train_masks(cfg, np.asarray(store.masks[rows]), _seeds(store.seed, rows), progress=False)
+        reference = train_masks(cfg, np.asarray(store.masks[rows]), model_seeds(store.seed, rows), progress=False)
         ref_s = time.time() - ref_started
         stored = np.asarray(store.margins[rows], dtype=np.float32)
         equal = np.array_equal(reference, stored)

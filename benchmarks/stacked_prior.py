@@ -37,7 +37,8 @@ def features(cfg, store, num_models: int, ridges):
     parameter group g, averaged over the store's first ``num_models`` fitting models, times mean
     Q (as ``datamodels.priors``)."""
     from datamodels.prepare import prepare, read_meta
-    from datamodels.sweep import _seeds, resolve_worker, stored_worker_settings
+    from datamodels.store import model_seeds
+    from datamodels.sweep import resolve_worker, stored_worker_settings
     from workers import mlp
     from workers.common import load_split, targets
 
@@ -49,7 +50,7 @@ def features(cfg, store, num_models: int, ridges):
     rows = store.rows("fit")[:num_models]
     n = len(y_train)
     sums, q_sum = {}, torch.zeros(n, dtype=torch.float64)
-    masks, seeds = np.asarray(store.masks[rows]), _seeds(store.seed, rows)
+    masks, seeds = np.asarray(store.masks[rows]), model_seeds(store.seed, rows)
     for got, net, (x, xt, onehot, yt) in mlp._trained(x_train, y_train, x_target, y_target, masks, seeds, worker):
         w1, w2, b2 = (w.double() for w in net.master)
         labels = onehot.argmax(1)

@@ -41,16 +41,12 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .config import interval
 from .errors import DatamodelsError
 from .store import Store
 
 LOG = "checkpoints.jsonl"
 WARM = "checkpoints_warm.npz"
-# Auto interval: about this many checkpoints per sweep, none closer than MIN_INTERVAL models
-# (below that the regression has too few models per validation split to mean much).  Each costs
-# a fraction of a fit: ten, on 100 targets, took 4.9 CPU-seconds on the digits default (AVX2 CPU).
-AUTO_CHECKPOINTS = 10
-MIN_INTERVAL = 100
 # A checkpoint is an estimate, made cheaply: the path solved at 100x fit.tol (fit solves its path
 # at 30x and its refit at 1x); the path stopped 2 steps past the validation minimum rather than
 # 4; and no refit on the validation rows, so a checkpoint at n scores the datamodels of its 0.9n
@@ -62,19 +58,6 @@ TOL_FACTOR = 100
 SOLVE = {"refit": False, "patience": 2}
 BAND = (10, 90)  # percentiles of the bootstrap shown as the forecast's band
 LEVELS = (0.8, 0.85, 0.9, 0.95)  # LDS levels `datamodels status` forecasts when none is given
-
-
-def interval(sweep_cfg) -> int:
-    """Fitting models between checkpoints: ``sweep.checkpoint_every``, or when it is unset
-    (None) about 1/10 of the sweep, at least 100 models; 0 (no checkpoints) when unset and
-    the sweep has no held-out models or is too small for two checkpoints."""
-    every = sweep_cfg.checkpoint_every
-    if every is not None:
-        return int(every)
-    if sweep_cfg.num_eval_models < 2:
-        return 0
-    every = max(MIN_INTERVAL, int(sweep_cfg.num_models) // AUTO_CHECKPOINTS)
-    return every if 2 * every <= sweep_cfg.num_models else 0
 
 
 def read_log(store_path) -> List[dict]:

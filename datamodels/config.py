@@ -25,6 +25,13 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import DatamodelsError
 
 
+# Auto interval: about this many checkpoints per sweep, none closer than MIN_INTERVAL models
+# (below that the regression has too few models per validation split to mean much).  Each costs
+# a fraction of a fit: ten, on 100 targets, took 4.9 CPU-seconds on the digits default (AVX2 CPU).
+AUTO_CHECKPOINTS = 10
+MIN_INTERVAL = 100
+
+
 @dataclass
 class DataConfig:
     source: str = "digits"  # digits | npz | cifar10
@@ -198,11 +205,22 @@ def _check_live(s) -> None:
     if watched:
         _check(s.num_eval_models >= 2, f"sweep.{watched[0]} needs held-out models to score LDS on, but "
                                        f"sweep.num_eval_models is {s.num_eval_models} (at least 2)")
-        from .checkpoints import interval
-
         _check(interval(s) > 0,
                f"sweep.{watched[0]}: a sweep of {s.num_models} fitting models is too short for the default "
                f"checkpoint interval; set sweep.checkpoint_every")
+
+
+def interval(sweep_cfg) -> int:
+    """Fitting models between checkpoints: ``sweep.checkpoint_every``, or when it is unset
+    (None) about 1/10 of the sweep, at least 100 models; 0 (no checkpoints) when unset and
+    the sweep has no held-out models or is too small for two checkpoints."""
+    every = sweep_cfg.checkpoint_every
+    if every is not None:
+        return int(every)
+    if sweep_cfg.num_eval_models < 2:
+        return 0
+    every = max(MIN_INTERVAL, int(sweep_cfg.num_models) // AUTO_CHECKPOINTS)
+    return every if 2 * every <= sweep_cfg.num_models else 0
 
 
 def worker_config(section: Any) -> Dict[str, Any]:

@@ -581,7 +581,7 @@ def _solve_on_ray(train: "_Stats", val: "_Stats", offset, params: dict, dev, add
                   penalty: Optional[torch.Tensor] = None) -> dict:
     import ray
 
-    from .sweep import ray_session
+    from .cluster import ray_session
 
     with ray_session(address):
         resources = ray.cluster_resources()

@@ -43,7 +43,8 @@ def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: O
     training example raises the target's margin (``datamodels evaluate --scores`` convention)."""
     from .prepare import prepare, read_meta
     from .store import Store
-    from .sweep import _seeds, resolve_worker, stored_worker_settings
+    from .store import model_seeds
+    from .sweep import resolve_worker, stored_worker_settings
 
     cfg = config_lib.coerce(config)
     if int(num_models) != num_models or num_models < 1:
@@ -63,7 +64,7 @@ def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: O
         rows = store.rows("fit")[:int(num_models)]
     if len(rows) == 0:
         raise DatamodelsError(f"store {store.path} has no completed fitting rows: run the sweep first")
-    masks, seeds = np.asarray(store.masks[rows]), _seeds(store.seed, rows)
+    masks, seeds = np.asarray(store.masks[rows]), model_seeds(store.seed, rows)
     N, T = store.num_train, store.num_targets
     sums = {r: torch.zeros(T, N, dtype=torch.float64) for r in ridges}
     q_sum = torch.zeros(N, dtype=torch.float64)

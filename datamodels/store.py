@@ -59,6 +59,11 @@ def model_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index), 1]).generate_state(1, dtype=np.uint32)[0])
 
 
+def model_seeds(seed: int, rows) -> np.ndarray:
+    """The training seeds of the models at ``rows`` (``model_seed`` of each)."""
+    return np.array([model_seed(seed, i) for i in rows], dtype=np.int64)
+
+
 def _ranges_to_bool(ranges: Sequence[Sequence[int]], n: int) -> np.ndarray:
     out = np.zeros(n, dtype=bool)
     for start, stop in ranges:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -32,7 +31,8 @@ from tqdm.auto import tqdm
 from . import config as config_lib
 from . import hardware
 from .errors import DatamodelsError
-from .store import Store, model_seed
+from .cluster import check_reachable, ray_session
+from .store import Store, model_seed, model_seeds
 
 log = logging.getLogger("datamodels")
 
@@ -229,51 +229,6 @@ def _data_payload(data_dir: Path) -> Tuple[str, Dict[str, bytes]]:
     return digest, files
 
 
-def check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
-    """Fail in seconds when nothing answers at a cluster's address: ``ray.init`` retries an
-    unreachable cluster for minutes before it gives up."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray = sys.modules.get("ray")
-    if not address or address in ("auto", "local") or (ray is not None and ray.is_initialized()):
-        return
-    hostport = address.split("://", 1)[-1].split("/", 1)[0]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        return  # not host:port; Ray has its own message for that
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except socket.timeout:
-        problem = f"no answer within {timeout_s:g} s"
-    except socket.gaierror as exc:
-        problem = f"unknown host {host} ({exc.strerror or exc})"
-    except OSError as exc:
-        problem = (exc.strerror or str(exc)).lower()
-    else:
-        return
-    raise DatamodelsError(f"cannot reach a Ray cluster at {address}: {problem} (is `ray start --head` running "
-                          f"there, and port {port} open to this machine?)")
-
-
-def _connect(address: Optional[str]) -> bool:
-    """Connect to ``address`` or start a local Ray instance; returns whether we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    check_reachable(address)
-    kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
-    try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"Ray cluster at {address}" if address else "a local Ray instance"
-        raise DatamodelsError(f"cannot connect to {where}: {str(exc).splitlines()[0]}") from None
-    return True
-
-
 def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
           until_lds: Optional[float] = None, until_gain: Optional[float] = None) -> dict:
     """Train all models the config asks for into ``<out>/store``; returns a summary.
@@ -285,7 +240,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
     ``sweep.until_gain``) stop the sweep early once the live LDS reaches that level, or once the
     forecast gain from doubling the models falls below it; the summary's ``stopped`` says why.
     """
-    from .checkpoints import Monitor, interval
+    from .checkpoints import Monitor
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)
@@ -306,7 +261,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
             part, the row order of an undisturbed sweep)."""
             store.grow(s.num_models, s.num_eval_models, on_allocated=on_allocated)
             todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
-            tasks = [(rows, np.asarray(store.masks[rows]), _seeds(store.seed, rows))
+            tasks = [(rows, np.asarray(store.masks[rows]), model_seeds(store.seed, rows))
                      for rows in pack_tasks(todo, models_per_task)]
             is_eval = store.is_eval
             tasks.sort(key=lambda task: not is_eval[task[0]].any())
@@ -324,7 +279,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
                    "already_done": int(store.num_models - len(todo)), "trained": 0, "failed": {},
                    "retried": 0, "timed_out": 0, "stopped": None}
         is_eval = store.is_eval
-        every = interval(s)
+        every = config_lib.interval(s)
         live = None
         if every and store.num_eval >= 2:
             live = Monitor(store, cfg, every)
@@ -395,7 +350,7 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
         raise DatamodelsError(f"masks must have shape [n, {meta['num_train']}] (one column per training example), "
                               f"got {list(masks.shape)}")
     if seeds is None:
-        seeds = _seeds(cfg.seed + 1_000_003, np.arange(len(masks)))
+        seeds = model_seeds(cfg.seed + 1_000_003, np.arange(len(masks)))
     num_targets = num_targets_for(meta, cfg.data.targets)
     worker, models_per_task = resolve_worker(cfg, meta, stored_worker_settings(cfg.out))
     out = np.full((len(masks), num_targets), np.nan, dtype=np.float32)
@@ -435,48 +390,6 @@ def _plan_while_connecting(plan: Callable, on_ray: ExitStack, address: Optional[
         finally:
             result = planned.result()  # the store is whole before any error surfaces
     return result
-
-
-def _seeds(seed: int, rows: np.ndarray) -> np.ndarray:
-    return np.array([model_seed(seed, i) for i in rows], dtype=np.int64)
-
-
-@contextmanager
-def ray_session(address: Optional[str]):
-    """Ray for the duration of a block: an existing connection, a cluster at ``address``, or a
-    local instance started here and stopped afterwards."""
-    import ray
-
-    started = _connect(address)
-    try:
-        yield
-    finally:
-        if started:
-            stop_local_ray()
-
-
-def stop_local_ray() -> None:
-    """``ray.shutdown()``, a second sooner.  Ray stops its GCS server before the autoscaler's
-    monitor process, whose SIGTERM handler then tries to report to the stopped server until
-    Ray's 1 s grace period runs out and it is killed: 1.2-1.5 s of every shutdown on a 2-core
-    CPU, against 0.2-0.4 s without it.  The monitor of a Ray instance this process started
-    (a direct child) scales nothing, so it is ended first.  Without psutil, or if Ray names
-    the monitor differently, this is the plain shutdown."""
-    import ray
-
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    monitor = os.path.join("autoscaler", "_private", "monitor.py")
-    for child in psutil.Process().children() if psutil is not None else ():
-        try:
-            if any(part.endswith(monitor) for part in child.cmdline()):
-                child.kill()
-                child.wait(timeout=5)
-        except (psutil.Error, OSError) as exc:  # a zombie, or gone meanwhile: Ray's own shutdown copes
-            log.debug("ending Ray's monitor first: %s", exc)
-    ray.shutdown()
 
 
 def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_dir: Path, num_targets: int,

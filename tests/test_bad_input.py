@@ -62,7 +62,8 @@ def make_base(root: Path, prepared: Optional[Path] = None) -> Path:
     from datamodels import config as config_lib
     from datamodels.fit import fit
     from datamodels.prepare import prepare, read_meta
-    from datamodels.sweep import _seeds, open_store, run_task
+    from datamodels.store import model_seeds
+    from datamodels.sweep import open_store, run_task
 
     run = root / "run"
     if prepared is not None:
@@ -73,7 +74,7 @@ def make_base(root: Path, prepared: Optional[Path] = None) -> Path:
     with store.lock():
         store.grow(cfg.sweep.num_models, cfg.sweep.num_eval_models)
         rows = np.arange(store.num_models)
-        margins = run_task(cfg.worker.name, np.asarray(store.masks), _seeds(store.seed, rows),
+        margins = run_task(cfg.worker.name, np.asarray(store.masks), model_seeds(store.seed, rows),
                            worker, {"dir": str(data_dir), "targets": "test"},
                            store.num_targets)
         store.write(rows, margins)

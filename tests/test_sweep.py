@@ -10,7 +10,8 @@ import pytest
 from datamodels import hardware
 from datamodels.errors import DatamodelsError
 from datamodels.store import Store, subset_mask
-from datamodels.sweep import pack_tasks, ray_session, sweep, train_masks
+from datamodels.cluster import ray_session
+from datamodels.sweep import pack_tasks, sweep, train_masks
 
 
 def test_pack_tasks_groups_rows_by_block():

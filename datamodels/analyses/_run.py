@@ -180,7 +180,7 @@ class Run:
     @contextmanager
     def ray(self):
         """One Ray connection for several retraining calls (starting Ray costs seconds)."""
-        from ..sweep import ray_session
+        from ..cluster import ray_session
 
         with ray_session(self.address or self.config.sweep.address):
             yield
