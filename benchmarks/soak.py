@@ -10,6 +10,10 @@ digits defaults (``configs/digits.yaml``; ``--epochs`` may shorten training), ev
 * removes a random worker node without warning and adds a fresh one (new cache directory),
 * SIGKILLs a random Ray worker process of this cluster that is running a training task.
 
+A run that injected fewer disturbances than asked (``--min-disturbances``, at least one of
+each kind ``--disturb`` names) FAILS with the reason printed: a sweep that finishes before
+the first disturbance tested nothing.
+
 At the end it checks that every model was completed exactly once (the store's rows are all
 complete, none recorded as failed, and the sweep wrote as many rows as the store has), then
 retrains a random sample of rows without disturbance (``datamodels.sweep.train_masks`` with
@@ -55,7 +59,7 @@ class Disturber:
     def __init__(self, cluster, nodes, cache_root: Path, node_cpus: int, seed: int):
         self.cluster, self.nodes, self.cache_root, self.node_cpus = cluster, nodes, cache_root, node_cpus
         self.rng = random.Random(seed)
-        self.removals = self.kills = self.kill_misses = 0
+        self.removals = self.kills = self.kill_misses = self.rounds = 0
         self.next_cache = len(nodes)
 
     def replace_node(self):
@@ -104,6 +108,35 @@ def training_processes(nodes) -> list:
     return pids
 
 
+def verdict_reasons(result: dict, args) -> list:
+    """Why the run fails, empty when it passes.  A run that injected no disturbance (or fewer
+    than asked) fails too: it shows nothing about surviving faults."""
+    reasons = []
+    if not result:
+        return ["the run produced no results"]
+    if result["lost"]:
+        reasons.append(f"{result['lost']} models were never completed")
+    if result["failed"]:
+        reasons.append(f"{result['failed']} models were recorded as failed")
+    if result["written_more_than_once"]:
+        reasons.append(f"{result['written_more_than_once']} models were written more than once")
+    if not result["reference"]["bitwise_equal"]:
+        reasons.append(f"{result['reference']['rows_differing']} retrained rows differ from the store")
+    injected = result["node_removals"] + result["worker_kills"]
+    if injected == 0:
+        reasons.append(f"no disturbance was injected: the sweep took {result['sweep_wall_s']} s and the first "
+                       f"disturbance was due after {args.kill_every} s (use more --num-models or a smaller "
+                       f"--kill-every)")
+    elif injected < args.min_disturbances:
+        reasons.append(f"only {injected} disturbances were injected, fewer than --min-disturbances "
+                       f"{args.min_disturbances}")
+    if injected and args.disturb in ("both", "workers") and result["worker_kills"] == 0:
+        reasons.append(f"no training process was killed ({result['worker_kill_misses']} attempts found none)")
+    if injected and args.disturb in ("both", "nodes") and result["node_removals"] == 0:
+        reasons.append("no worker node was replaced")
+    return reasons
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
@@ -117,6 +150,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--kill-every", type=float, default=10.0, help="seconds between disturbances")
     parser.add_argument("--disturb", choices=["both", "nodes", "workers"], default="both",
                         help="what each disturbance does: replace a node, kill a worker process, or both")
+    parser.add_argument("--min-disturbances", type=int, default=1,
+                        help="fail unless at least this many disturbances (node replacements plus worker kills) "
+                             "were injected, and at least one of each kind --disturb names")
     parser.add_argument("--max-retries", type=int, default=50,
                         help="retries per task; generous, since every disturbance fails the tasks it hits")
     parser.add_argument("--reference-rows", type=int, default=250, help="rows retrained without disturbance")
@@ -180,6 +216,7 @@ def main(argv=None) -> dict:
             thread.join(timeout=args.kill_every)
             if not thread.is_alive():
                 break
+            disturber.rounds += 1
             if args.disturb in ("both", "workers"):
                 disturber.kill_worker()
             if args.disturb in ("both", "nodes"):
@@ -211,6 +248,7 @@ def main(argv=None) -> dict:
             "node_removals": disturber.removals,
             "worker_kills": disturber.kills,
             "worker_kill_misses": disturber.kill_misses,
+            "disturbance_rounds": disturber.rounds,
             "cluster_startup_s": round(startup_s, 1),
             "sweep_wall_s": round(sweep_s, 1),
             "models_per_s": round(summary["trained"] / sweep_s, 2),
@@ -226,14 +264,16 @@ def main(argv=None) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
 
     info["load_average_at_end"] = list(os.getloadavg())
-    ok = (result.get("lost") == 0 and result.get("failed") == 0 and result.get("written_more_than_once") == 0
-          and result.get("reference", {}).get("bitwise_equal"))
+    reasons = verdict_reasons(result, args)
+    ok = not reasons
     out = {"benchmark": "soak: digits sweep while worker nodes are replaced and training processes killed",
-           "machine": info, "settings": settings, "results": result, "passed": bool(ok),
+           "machine": info, "settings": settings, "results": result, "passed": bool(ok), "reasons": reasons,
            "total_wall_s": round(time.time() - started, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out["results"], indent=1))
+    for reason in reasons:
+        print(f"FAILED: {reason}", flush=True)
     print(f"{'PASSED' if ok else 'FAILED'}; wrote {args.out}", flush=True)
     return out
 
