@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_regression_gpu_smoke_recovers_the_planted_weights():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "regression_gpu.py"), "--smoke"],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf" / "regression_gpu.py"), "--smoke"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])

@@ -9,9 +9,9 @@ warm-up that builds the K loaders and picks the convolution algorithms, and repo
 models/hour, the speed-up over K = 1, and the achieved FLOP/s against the GPU's bf16 peak
 (FLOPs counted by torch's FlopCounterMode on one training step and one evaluation pass).
 
-    python benchmarks/training_gpu.py                   # writes benchmarks/results/training_gpu.json
-    python benchmarks/training_gpu.py --ks 1,4,8,16 --compile
-    python benchmarks/training_gpu.py --smoke           # a tiny CPU run that checks this script works
+    python benchmarks/perf/training_gpu.py                   # writes benchmarks/perf/results/training_gpu.json
+    python benchmarks/perf/training_gpu.py --ks 1,4,8,16 --compile
+    python benchmarks/perf/training_gpu.py --smoke           # a tiny CPU run that checks this script works
 
 Without CUDA it stops with a message (unless --smoke).
 """
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-from machine import save_result  # noqa: E402  (benchmarks/machine.py)
+from benchmarks.harness import save_result  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device name.
 PEAKS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),

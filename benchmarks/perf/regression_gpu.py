@@ -12,10 +12,10 @@ Reported: seconds for the statistics and for the solve; support recovery per tar
 the achieved matmul FLOP/s during the statistics (2·M·N² for XᵀX plus 2·M·N·T for Xᵀy)
 against the GPU's dense float32 (TF32 tensor-core) peak; peak GPU memory.
 
-    python benchmarks/regression_gpu.py                 # N=50,000, T=1,000, M=100,000 on cuda
-    python benchmarks/regression_gpu.py --smoke         # a tiny CPU run that checks this script works
+    python benchmarks/perf/regression_gpu.py                 # N=50,000, T=1,000, M=100,000 on cuda
+    python benchmarks/perf/regression_gpu.py --smoke         # a tiny CPU run that checks this script works
 
-Results go to ``benchmarks/results/regression_gpu.json``.
+Results go to ``benchmarks/perf/results/regression_gpu.json``.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-from machine import machine_info, save_result  # noqa: E402  (benchmarks/machine.py)
+from benchmarks.harness import machine_info, save_result  # noqa: E402
 
 # Dense TF32 tensor-core peaks (FLOP/s, without sparsity) from the vendors' data sheets.
 PEAKS = [("H100 PCIe", 378e12), ("H100", 494e12), ("H200", 494e12), ("GH200", 494e12), ("A100", 156e12)]
