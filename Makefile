@@ -1,6 +1,7 @@
 # Everything a fresh Debian/Ubuntu machine needs, then the demo or the tests.
 #   make demo   install, then `datamodels run configs/digits.yaml`
 #   make test   install (with the test extras), then the test suite, Ray kept on loopback
+#   make test-fast   the unit tests alone (no Ray, no FFCV files), on an existing install
 #
 # Everything Python goes into a virtual environment ($(VENV)): Debian 12's and Ubuntu 24.04's
 # own python3 refuse `pip install` outside one (PEP 668, "externally-managed-environment").
@@ -17,7 +18,7 @@ SYSTEM_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config python3-venv iprou
 TEST_SYSTEM_PACKAGES := chromium
 VPY := $(VENV)/bin/python
 
-.PHONY: install install-test system-deps test-system-deps venv demo test
+.PHONY: install install-test system-deps test-system-deps venv demo test test-fast
 
 system-deps:
 	$(SUDO) apt-get update -qq
@@ -44,3 +45,7 @@ demo: install
 
 test: install-test
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/loopback.sh $(VPY) -m pytest -q tests
+
+# tests/conftest.py marks the tests that start Ray or touch FFCV files `integration`.
+test-fast:
+	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/loopback.sh $(VPY) -m pytest -q -m "not integration" tests

@@ -66,3 +66,32 @@ def run_config(tmp_path, prepared_digits):
 
     shutil.copytree(prepared_digits, tmp_path / "run" / "data")
     return tiny_config(tmp_path)
+
+
+# ---- unit and integration tests ----------------------------------------------------------------
+# An integration test starts Ray or reads/writes FFCV files; every other test is a unit test.
+# `make test` runs both; `make test-fast` (-m "not integration") runs the unit tests alone.
+# Fixtures that start Ray or write FFCV files: a test that uses one, directly or through another
+# fixture, is integration.
+INTEGRATION_FIXTURES = {
+    "ray_local", "prepared_digits", "run_config",
+    "_ray_shutdown_at_exit",  # asked for by module fixtures that start Ray for their tests
+    "tiny_run",  # test_cli, test_report: `datamodels run` end to end
+    "digits_dir", "cifar", "cifar_dir",  # test_prepare, test_workers: prepared .beton files
+}
+# Modules whose tests write .beton files or start Ray clusters through their own helpers.
+INTEGRATION_MODULES = {"test_prepare.py", "test_faults.py"}
+# Single tests that start Ray themselves.
+INTEGRATION_TESTS = {"test_sweep.py::test_a_local_ray_it_started_stops_monitor_first_and_leaves_nothing"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.name
+        name = f"{module}::{getattr(item, 'originalname', item.name)}"
+        if (item.get_closest_marker("integration") is None
+                and (INTEGRATION_FIXTURES & set(item.fixturenames) or module in INTEGRATION_MODULES
+                     or name in INTEGRATION_TESTS)):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
