@@ -13,7 +13,10 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +81,12 @@ def provenance() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def save_result(path, report: dict) -> Path:
+def _jsonable(value):
+    """Arrays and numpy scalars as lists and numbers; paths and anything else as text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def save_result(path, report: dict, indent: int = 2) -> Path:
     """Write a benchmark's JSON atomically (creating its folder), with the commit, CPU and date at its
     top level, and say where."""
     path = Path(path)
@@ -87,10 +95,102 @@ def save_result(path, report: dict) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(report, indent=2) + "\n")
+            f.write(json.dumps(report, indent=indent, default=_jsonable) + "\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     print(f"wrote {path}")
     return path
+
+
+# ---- data sets ------------------------------------------------------------------------------
+def make_synthetic(path: Path, seed: int = 0, num_train: int = 1500, num_test: int = 500) -> Path:
+    """The second data set, an ``npz`` image set that is not digits: 12x12 grayscale blobs of 10
+    classes, each class two Gaussian bumps at its own places, every image shifted by up to 2 pixels,
+    with pixel noise and 10% of the training labels flipped (so some examples matter more than others)."""
+    rng = np.random.default_rng(seed)
+    size, classes = 12, 10
+    yy, xx = np.mgrid[0:size, 0:size]
+    centres = rng.uniform(2, size - 3, (classes, 2, 2))
+
+    def images(labels):
+        out = np.empty((len(labels), size, size, 1), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            dy, dx = rng.integers(-2, 3, 2)
+            img = sum(np.exp(-((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) / 4.0) for cy, cx in centres[c])
+            img = img + rng.normal(0, 0.35, img.shape)
+            out[i, :, :, 0] = np.clip(img * 120 + 40, 0, 255).astype(np.uint8)
+        return out
+
+    y_train = rng.integers(0, classes, num_train)
+    y_test = rng.integers(0, classes, num_test)
+    x_train, x_test = images(y_train), images(y_test)
+    flip = rng.random(num_train) < 0.1
+    y_train = np.where(flip, rng.integers(0, classes, num_train), y_train)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def add_run_arguments(parser) -> None:
+    """``--config`` and ``--synthetic``, read by :func:`run_config`."""
+    parser.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
+    parser.add_argument("--synthetic", action="store_true", help="sweep the second data set (make_synthetic) "
+                                                                 "(10,000 + 500 models) into a temporary run first")
+    parser.add_argument("--synthetic-run", default=None, help="with --synthetic: the run's folder, kept and reused "
+                                                              "by later benchmarks (a complete sweep is not redone)")
+
+
+def run_config(args, prefix: str):
+    """(config, data set name, temporary directory or None): ``--config``'s existing run, or with
+    ``--synthetic`` a sweep of the second data set (10,000 + 500 models), in a temporary folder or
+    in ``--synthetic-run``."""
+    from datamodels import config as config_lib
+
+    if not args.synthetic:
+        cfg = config_lib.load(args.config)
+        return cfg, cfg.data.source, None
+    from datamodels.sweep import sweep
+
+    kept = args.synthetic_run is not None
+    folder = Path(args.synthetic_run) if kept else Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "synthetic.npz"
+    if not data.exists():
+        make_synthetic(data)
+    cfg = config_lib.load(ROOT / "configs" / "digits.yaml", [f"out={folder / 'run'}", "data.source=npz",
+                                                             f"data.path={data}"])
+    sweep(cfg, progress=False)
+    return cfg, "synthetic", None if kept else folder
+
+
+# ---- stores and scores ----------------------------------------------------------------------
+def write_store(path: Path, masks: np.ndarray, margins: np.ndarray) -> None:
+    """A store in the reference layout (spec.json and .npy files) holding exactly these rows."""
+    path.mkdir(parents=True)
+    spec = {"num_models": len(masks), "schema": {"masks": {"shape": [masks.shape[1]], "dtype": "bool_"},
+                                                 "margins": {"shape": [margins.shape[1]], "dtype": "float32"}}}
+    (path / "spec.json").write_text(json.dumps(spec))
+    np.save(path / "masks.npy", masks)
+    np.save(path / "margins.npy", margins.astype(np.float32))
+    np.save(path / "_completed.npy", np.ones(len(masks), dtype=bool))
+
+
+def spearman_mean(pred: np.ndarray, actual: np.ndarray) -> float:
+    """Mean over columns of the rank correlation (the LDS, with no ties in float margins)."""
+    a = np.argsort(np.argsort(pred, 0), 0).astype(np.float64)
+    b = np.argsort(np.argsort(actual, 0), 0).astype(np.float64)
+    a -= a.mean(0)
+    b -= b.mean(0)
+    return float(np.mean((a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))))
+
+
+def fitted_lds(rows_store, eval_store) -> tuple:
+    """(LDS on ``eval_store``'s held-out models, fit seconds) of the default lasso fitted on
+    ``rows_store``'s fitting rows."""
+    import datamodels
+
+    started = time.perf_counter()
+    dm = datamodels.fit(rows_store, progress=False)
+    seconds = time.perf_counter() - started
+    return round(float(datamodels.lds(eval_store, dm)["lds"]), 4), round(seconds, 1)
