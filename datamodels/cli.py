@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from . import arguments
 from .errors import DatamodelsError
-
 
 def _config(args):
     from . import config as config_lib
@@ -45,17 +45,14 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .checkpoints import describe, live_lds
+    from .live import describe, live_lds
     from .store import Store
 
-    store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
-    s = store.summary()
     for level in args.lds or ():
         if not 0.0 < level < 1.0:
             raise DatamodelsError(f"--lds must be in (0, 1), got {level}")
-    for budget in args.budget or ():
-        if budget < 1:
-            raise DatamodelsError(f"--budget must be a positive number of fitting models, got {budget}")
+    store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
+    s = store.summary()
     live = live_lds(store, levels=args.lds or (), budgets=args.budget or ())
     if args.json:
         _print_json({**s, "live": live})
@@ -80,10 +77,15 @@ def cmd_status(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fit import check_prior_gamma, fit
+    import dataclasses
+
+    from .config import FitOptions
+    from .regression import fit, fit_options
     from .store import Store
 
-    check_prior_gamma(args.prior_gamma)  # before minutes of retraining for the prior
+    # Every fit option is an argument of the same name; checked before minutes of retraining for the prior.
+    options = fit_options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitOptions)})
+    arguments.check_fit_args(args)
 
     store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
     prior = None
@@ -96,11 +98,9 @@ def cmd_fit(args) -> int:
             raise DatamodelsError(f"--prior trak needs the run's config (data and worker): {path} does not exist; "
                                   f"pass --config")
         cfg = config_lib.load(path, [f"out={Path(args.store).parent}"])
-        prior = trak(cfg, num_models=args.prior_models)
-    dm = fit(store, args.out, device=args.device, val_fraction=args.val_fraction,
-             num_lambdas=args.num_lambdas, lambda_min_ratio=args.lambda_min_ratio, seed=args.seed,
-             chunk_rows=args.chunk_rows, max_iter=args.max_iter, tol=args.tol, address=args.address,
-             slices=args.slices, targets=_target_range(args.targets), prior=prior, prior_gamma=args.prior_gamma)
+        prior = trak(cfg, num_models=options.prior_models)
+    dm = fit(store, args.out, options=options, seed=args.seed, address=args.address, slices=args.slices,
+             targets=_target_range(args.targets), prior=prior)
     print(f"fitted {dm['weight'].shape[1]} datamodels over {dm['weight'].shape[0]} training examples "
           f"from {int(dm['num_models'])} models -> {args.out}")
     return 0
@@ -114,6 +114,9 @@ def _target_range(text):
         start, stop = (int(v) if v.strip() else None for v in text.split(":"))
     except ValueError:
         raise DatamodelsError(f"--targets must be A:B (target columns A to B-1), got {text!r}") from None
+    if any(v is not None and not 0 <= v <= arguments.MAX_COUNT for v in (start, stop)) or \
+            (start is not None and stop is not None and stop <= start):
+        raise DatamodelsError(f"--targets must be A:B with 0 <= A < B (target columns A to B-1), got {text!r}")
     return slice(start, stop)
 
 
@@ -130,9 +133,9 @@ def _open_store(args, path):
 
 
 def _print_lds(scores: dict, what: str = "") -> None:
-    q = scores.get("quantiles", {})
-    print(f"LDS {scores['lds']:.4f}{what} over {len(scores['per_target'])} targets and {scores['num_models']} "
-          f"held-out models; quantiles " + ", ".join(f"{k}: {v:.3f}" for k, v in q.items()))
+    from .metrics import lds_line
+
+    print(lds_line(scores, what))
 
 
 def cmd_evaluate(args) -> int:
@@ -263,6 +266,7 @@ def cmd_leakage(args) -> int:
     from .analyses.leakage import leakage, read_pairs
     from .query import format_table
 
+    arguments.existing("--known", args.known)
     run = _analysis_run(args)
     known = read_pairs(args.known) if args.known else None
     result = leakage(run, k=args.k, known=known)
@@ -292,6 +296,8 @@ def cmd_learning_curve(args) -> int:
             sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
         except ValueError:
             raise DatamodelsError(f"--sizes must be comma-separated whole numbers, got {args.sizes!r}") from None
+        if not sizes or any(not 1 <= n <= arguments.MAX_COUNT for n in sizes):
+            raise DatamodelsError(f"--sizes must be numbers of models in 1..{arguments.MAX_COUNT}, got {args.sizes!r}")
     result = learning_curve(run, sizes=sizes, num_targets=args.num_targets or None)
     _saved(run, "learning_curve", result)
     if args.json:
@@ -315,6 +321,8 @@ def cmd_report(args) -> int:
         if name.strip() in methods:
             raise DatamodelsError(f"--scores names {name.strip()!r} twice")
         methods[name.strip()] = file.strip()
+        arguments.existing("--scores", file.strip())
+    arguments.check_report_out(args, methods)
     store = _open_store(args, args.store or Path(args.run) / "store") if (args.store or args.spec or args.eval_rows) else None
     path = report(args.run, args.out, verify=args.verify, datamodels=args.datamodels, config=args.config,
                   address=args.address, learning_curve=args.learning_curve, seed=args.seed, store=store,
@@ -339,11 +347,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import FitConfig
+ADDRESS_HELP = "address of an existing Ray cluster (default: start a local one)"
 
-    p = argparse.ArgumentParser(prog="datamodels", description="Estimate datamodels: prepare, sweep, fit, evaluate, query.")
-    sub = p.add_subparsers(dest="command", required=True)
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import FitOptions
+
+    p = arguments.Parser(prog="datamodels", description="Estimate datamodels: prepare, sweep, fit, evaluate, query.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=arguments.Parser)
 
     def with_config(sp):
         sp.add_argument("config", help="YAML config, e.g. configs/digits.yaml")
@@ -355,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sweep", help="train models on random subsets as Ray tasks (resumes)")
     with_config(sp)
-    sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    sp.add_argument("--address", type=arguments.address, help=ADDRESS_HELP)
     sp.set_defaults(func=cmd_sweep)
 
     def with_store_layout(sp):
@@ -369,10 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="progress, failures, live LDS and its forecast of a store")
     sp.add_argument("store")
     with_store_layout(sp)
-    sp.add_argument("--lds", type=float, action="append",
+    sp.add_argument("--lds", type=arguments.number, action="append",
                     help="forecast the fitting models needed for this LDS (repeatable; default: the next of "
                          "0.8, 0.85, 0.9, 0.95 above the latest checkpoint)")
-    sp.add_argument("--budget", type=int, action="append",
+    sp.add_argument("--budget", type=arguments.positive, action="append",
                     help="forecast the LDS at this many fitting models (repeatable; default: the store's)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
@@ -380,22 +391,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("fit", help="fit sparse linear datamodels from a store")
     sp.add_argument("--store", required=True)
     sp.add_argument("--out", required=True, help="output .npz")
+    sp.add_argument("--force", action="store_true", help="replace an existing --out file that is not a datamodels .npz")
     with_store_layout(sp)
-    sp.add_argument("--device", default="cpu", help="cpu or cuda")
-    sp.add_argument("--val-fraction", type=float, default=0.1)
-    sp.add_argument("--num-lambdas", type=int, default=40)
-    sp.add_argument("--lambda-min-ratio", type=float, default=1e-3)
-    sp.add_argument("--max-iter", type=int, default=300, help="solver iterations per λ")
-    sp.add_argument("--tol", type=float, default=1e-4, help="stop when weights change by less than this, relatively")
-    sp.add_argument("--chunk-rows", type=int, default=8192, help="store rows read at a time (memory)")
+    sp.add_argument("--device", default=FitOptions.device, help="cpu or cuda")
+    sp.add_argument("--val-fraction", type=float, default=FitOptions.val_fraction)
+    sp.add_argument("--num-lambdas", type=int, default=FitOptions.num_lambdas)
+    sp.add_argument("--lambda-min-ratio", type=float, default=FitOptions.lambda_min_ratio)
+    sp.add_argument("--max-iter", type=int, default=FitOptions.max_iter, help="solver iterations per λ")
+    sp.add_argument("--tol", type=float, default=FitOptions.tol,
+                    help="stop when weights change by less than this, relatively")
+    sp.add_argument("--chunk-rows", type=int, default=FitOptions.chunk_rows, help="store rows read at a time (memory)")
     sp.add_argument("--targets", help="fit target columns A:B only (datamodels of the rest: another call)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--address", help="Ray cluster to fit on ('local' starts one): targets are split into slices")
     sp.add_argument("--slices", type=int, help="target slices (Ray tasks); default: one per GPU or per node")
-    sp.add_argument("--prior", choices=["none", "trak"], default="none",
+    sp.add_argument("--prior", choices=["none", "trak"], default=FitOptions.prior,
                     help="trak: the lasso around a prior mean from TRAK scores of a few of the store's models")
-    sp.add_argument("--prior-models", type=int, default=30, help="models retrained for the TRAK prior")
-    sp.add_argument("--prior-gamma", type=float, default=FitConfig.prior_gamma,
+    sp.add_argument("--prior-models", type=int, default=FitOptions.prior_models, help="models retrained for the TRAK prior")
+    sp.add_argument("--prior-gamma", type=float, default=FitOptions.prior_gamma,
                     help="with --prior: weight each example's L1 penalty by (|prior| / mean |prior| + 0.1)^-gamma "
                          "(the adaptive lasso); 0 penalises all alike")
     sp.add_argument("--config", help="the run's config, for --prior trak (default: config.yaml beside the store)")
@@ -418,23 +431,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("query", help="most influential training examples, or nearest targets")
     sp.add_argument("what", choices=["top", "nearest"])
-    sp.add_argument("--target", type=int, required=True)
-    sp.add_argument("--k", type=int, default=10)
+    sp.add_argument("--target", type=arguments.count, required=True)
+    sp.add_argument("--k", type=arguments.positive, default=10)
     with_run(sp)
     sp.set_defaults(func=cmd_query)
 
     def with_retrain(sp):
-        sp.add_argument("--verify", type=int, default=0, metavar="R",
+        sp.add_argument("--verify", type=arguments.count, default=0, metavar="R",
                         help="check by retraining R models per mask through the sweep machinery (default 0: predict only)")
         sp.add_argument("--base", choices=["subset", "full"], default="subset",
                         help="train on alpha-subsets (the sweep's setting, default) or on the full training set")
-        sp.add_argument("--seed", type=int, default=0, help="seed of random targets, subsets and model seeds")
+        sp.add_argument("--seed", type=arguments.seed, default=0,
+                        help="seed of random targets, subsets and model seeds")
         sp.add_argument("--config", help="config the run was made with, for retraining (default RUN/config.yaml)")
-        sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+        sp.add_argument("--address", type=arguments.address, help=ADDRESS_HELP)
 
     sp = sub.add_parser("counterfactual", help="predicted (and retrained) margin after removing training examples")
-    sp.add_argument("--target", type=int, action="append", help="target to study (repeat for several)")
-    sp.add_argument("--batch", type=int, metavar="N", help="N random targets; reports the correlation when verified")
+    sp.add_argument("--target", type=arguments.count, action="append", help="target to study (repeat for several)")
+    sp.add_argument("--batch", type=arguments.positive, metavar="N",
+                    help="N random targets; reports the correlation when verified")
     sp.add_argument("--remove", action="append", metavar="SPEC",
                     help="top:K, bottom:K, random:K or a file of training indices (repeatable; default top:10)")
     with_retrain(sp)
@@ -442,22 +457,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_counterfactual)
 
     sp = sub.add_parser("brittleness", help="fewest training examples whose removal flips each prediction")
-    sp.add_argument("--target", type=int, action="append", help="targets to study (default all)")
-    sp.add_argument("--max-support", type=int, default=20, help="verify targets with support size up to this (default 20)")
-    sp.add_argument("--k", type=int, default=20, help="brittle targets listed in the table (default 20)")
+    sp.add_argument("--target", type=arguments.count, action="append", help="targets to study (default all)")
+    sp.add_argument("--max-support", type=arguments.positive, default=20,
+                    help="verify targets with support size up to this (default 20)")
+    sp.add_argument("--k", type=arguments.positive, default=20, help="brittle targets listed in the table (default 20)")
     with_retrain(sp)
     with_run(sp)
     sp.set_defaults(func=cmd_brittleness)
 
     sp = sub.add_parser("leakage", help="(test, train) pairs likely to be near-duplicates")
-    sp.add_argument("--k", type=int, default=20, help="pairs listed (default 20)")
+    sp.add_argument("--k", type=arguments.positive, default=20, help="pairs listed (default 20)")
     sp.add_argument("--known", help="file of known duplicate pairs, 'target train' per line: precision and recall")
     with_run(sp)
     sp.set_defaults(func=cmd_leakage)
 
     sp = sub.add_parser("learning-curve", help="LDS against the number of models used for fitting (refits)")
     sp.add_argument("--sizes", help="comma-separated numbers of models (default: 5 geometric steps up to all)")
-    sp.add_argument("--num-targets", type=int, default=100,
+    sp.add_argument("--num-targets", type=arguments.count, default=100,
                     help="random sample of targets to refit, for speed (default 100; 0 = all)")
     sp.add_argument("--config", help="config whose fit section to use (default RUN/config.yaml, else fit defaults)")
     with_run(sp)
@@ -466,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="write RUN/report.html: figures of every analysis, images inline")
     sp.add_argument("run", nargs="?", default="runs/digits", help="output directory of `datamodels run` (default runs/digits)")
     sp.add_argument("--out", help="output file (default RUN/report.html)")
+    sp.add_argument("--force", action="store_true", help="replace an existing --out file that is not a report")
     sp.add_argument("--datamodels", help="fitted .npz (default RUN/datamodels.npz)")
     sp.add_argument("--store", help="store directory (default RUN/store)")
     with_store_layout(sp)
@@ -473,19 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="another attribution method's score matrix (.npy, N_train x N_targets), shown beside the "
                          "datamodels' LDS (repeatable)")
     sp.add_argument("--transpose", action="store_true", help="the --scores matrices are N_targets x N_train")
-    sp.add_argument("--verify", type=int, default=0, metavar="R",
+    sp.add_argument("--verify", type=arguments.count, default=0, metavar="R",
                     help="also check counterfactuals and brittleness by retraining R models per mask")
     sp.add_argument("--learning-curve", action=argparse.BooleanOptionalAction, default=None,
                     help="refit on growing numbers of models for the learning curve (default: only when the store "
                          "has at least twice as many models as training examples)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=arguments.seed, default=0)
     sp.add_argument("--config", help="config the run was made with, for retraining (default RUN/config.yaml)")
-    sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    sp.add_argument("--address", type=arguments.address, help=ADDRESS_HELP)
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("run", help="prepare, sweep, fit and evaluate in one go")
     with_config(sp)
-    sp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    sp.add_argument("--address", type=arguments.address, help=ADDRESS_HELP)
     sp.set_defaults(func=cmd_run)
     return p
 

@@ -8,21 +8,26 @@ so a typo never silently falls back to a default.
 
 The ``worker`` section is open: ``worker.name`` names a module (for example
 ``workers.mlp``) and the rest are that worker's hyperparameters, validated
-against the worker module's own ``Config`` dataclass when it has one.
+against the worker module's own ``Config`` dataclass when it has one.  A config is code:
+``worker.name`` is imported (see ``datamodels.worker``), so use only configs you trust.
+
+A config is validated once: ``load``, ``from_dict`` and ``coerce`` return a checked config, and
+``coerce`` passes one that was already checked (unchanged since) through without checking it again.
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import inspect
+import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import worker as worker_lib
 from .errors import DatamodelsError
+from .files import atomic_write_text
 
 
 # Auto interval: about this many checkpoints per sweep, none closer than MIN_INTERVAL models
@@ -54,7 +59,7 @@ class SweepConfig:
     max_in_flight: int = 0  # tasks submitted at once; 0 = twice the cluster's task slots
     address: Optional[str] = None  # existing Ray cluster; None starts a local one
     margins_dtype: str = "float32"
-    # Live LDS (datamodels.checkpoints): refit and score every this many fitting models;
+    # Live LDS (datamodels.live): refit and score every this many fitting models;
     # None: about 1/10 of the sweep (at least 100); 0: off.
     checkpoint_every: Optional[int] = None
     checkpoint_targets: int = 100  # targets sampled for the live LDS; 0: all
@@ -63,7 +68,9 @@ class SweepConfig:
 
 
 @dataclass
-class FitConfig:
+class FitOptions:
+    """The regression's options: the config's ``fit`` section, and the keyword options of
+    ``datamodels.fit`` (``fit(store, out, num_lambdas=10)`` overrides one of these defaults)."""
     device: str = "cpu"
     val_fraction: float = 0.1  # share of the fitting models used to choose lambda
     num_lambdas: int = 40
@@ -73,10 +80,15 @@ class FitConfig:
     chunk_rows: int = 8192  # store rows read per chunk when streaming
     # none | trak: the lasso around a prior mean from TRAK scores of a few of the sweep's own
     # models (datamodels.priors), computed by retraining the first prior_models fitting models.
+    # ``datamodels.fit`` itself fits around the prior values it is given (its ``prior`` argument).
     prior: str = "none"
     prior_models: int = 30
-    # the adaptive lasso around the prior: each weight's L1 penalty scaled by
-    # (|prior| / mean |prior| + 0.1)^-prior_gamma, so the examples the prior ranks high move freely
+    # The adaptive lasso around the prior: each weight's L1 penalty scaled by
+    # (|prior| / mean |prior| + 0.1)^-prior_gamma, so the examples the prior ranks high move freely.
+    # Digits, TRAK prior from 30 models, LDS at 100 / 300 / 1,000 / 3,000 models
+    # (benchmarks/adaptive_prior.py): gamma = 0: 0.792 / 0.802 / 0.829 / 0.852; 0.5: 0.801 / 0.818 /
+    # 0.841 / 0.858; 1 and 2 lower than 0.5 at every budget.  The second data set at 100 / 300:
+    # 0.776 / 0.778 against 0.777 / 0.781 (0.5, again the best).
     prior_gamma: float = 0.5
 
 
@@ -87,7 +99,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     worker: Dict[str, Any] = field(default_factory=lambda: {"name": "workers.mlp"})
-    fit: FitConfig = field(default_factory=FitConfig)
+    fit: FitOptions = field(default_factory=FitOptions)
 
 
 def _one_line(exc: OmegaConfBaseException, section: str = "") -> str:
@@ -96,52 +108,139 @@ def _one_line(exc: OmegaConfBaseException, section: str = "") -> str:
     return f"{section}{key}: {msg}" if key else msg
 
 
+SECTIONS = ("data", "sweep", "worker", "fit")
+# The largest count (models, targets, rows, iterations) a setting may ask for: row indices and
+# shapes are int32 in places, and a larger sweep could not be stored anyway.
+MAX_COUNT = 2**31 - 1
+# Seeds are passed to numpy (SeedSequence, default_rng) and torch; a uint32 fits all of them.
+MAX_SEED = 2**32 - 1
+
+
 def load(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> DictConfig:
     """The validated config from a YAML file and ``section.key=value`` overrides."""
-    schema = OmegaConf.structured(Config)
-    layers = [schema]
+    layers = []
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise DatamodelsError(f"config {path} is a directory, not a YAML file")
         if not path.is_file():
             raise DatamodelsError(f"config file not found: {path}")
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # YAML syntax errors come in many types
-            raise DatamodelsError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}")
+            raise DatamodelsError(f"config {path} is not valid YAML: {_first_line(exc)}") from None
         if not isinstance(loaded, DictConfig):
             raise DatamodelsError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
-        layers.append(loaded)
+        layers.append(_checked_layer(loaded, f"config {path}"))
     for item in overrides:
-        if "=" not in item:
+        if not isinstance(item, str) or "=" not in item:
             raise DatamodelsError(f"override {item!r} must look like section.key=value")
+        if item.split("=", 1)[0].strip() == "":
+            raise DatamodelsError(f"override {item!r} names no key: it must look like section.key=value")
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.merge(*layers)
+        dotlist = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
-        raise DatamodelsError(f"bad config: {_one_line(exc)}") from None
-    return validate(cfg)
+        raise DatamodelsError(f"bad override: {_one_line(exc)}") from None
+    layers.append(_checked_layer(dotlist, "override"))
+    return _validated(_merge(layers))
 
 
 def from_dict(values: Dict[str, Any]) -> DictConfig:
     """The validated config from a plain dict (the Python API's entry point)."""
+    if not isinstance(values, dict):
+        raise DatamodelsError(f"config must be a mapping of sections, got {type(values).__name__}")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(values))
+        layer = OmegaConf.create(values)
     except OmegaConfBaseException as exc:
         raise DatamodelsError(f"bad config: {_one_line(exc)}") from None
-    return validate(cfg)
+    return _validated(_merge([_checked_layer(layer, "config")]))
 
 
 def coerce(config: Union[None, str, Path, Dict[str, Any], DictConfig]) -> DictConfig:
-    """Accept any of the forms the Python API takes: a path, a dict or a loaded config."""
+    """Accept any of the forms the Python API takes: a path, a dict or a loaded config.
+
+    A config that ``load``, ``from_dict`` or ``coerce`` already validated, and that has not
+    changed since, is returned as it is (the stages each call this on the config they are given)."""
     if config is None:
         return load()
     if isinstance(config, DictConfig):
-        return validate(config)
+        return _validated(config)
     if isinstance(config, (str, Path)):
         return load(config)
     if isinstance(config, dict):
         return from_dict(config)
     raise DatamodelsError(f"config must be a path, dict or DictConfig, got {type(config).__name__}")
+
+
+# The configs validated in this process, by content (their YAML): validation is a function of the
+# content alone, so an equal config needs no second check, and one changed since is checked again.
+_VALIDATED: "OrderedDict[str, None]" = OrderedDict()
+_VALIDATED_KEPT = 256
+
+
+def _fingerprint(cfg: DictConfig) -> Optional[str]:
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return None
+
+
+def is_validated(cfg: Any) -> bool:
+    """Whether ``cfg`` is a config that was validated, unchanged since."""
+    if not isinstance(cfg, DictConfig):
+        return False
+    key = _fingerprint(cfg)
+    return key is not None and key in _VALIDATED
+
+
+def _validated(cfg: DictConfig) -> DictConfig:
+    if is_validated(cfg):
+        return cfg
+    try:
+        OmegaConf.resolve(cfg)  # an interpolation that does not resolve is a bad value, found here
+    except OmegaConfBaseException as exc:
+        raise DatamodelsError(f"bad config: {_one_line(exc)}") from None
+    cfg = validate(cfg)
+    key = _fingerprint(cfg)
+    if key is not None:
+        _VALIDATED[key] = None
+        while len(_VALIDATED) > _VALIDATED_KEPT:
+            _VALIDATED.popitem(last=False)
+    return cfg
+
+
+def _merge(layers) -> DictConfig:
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), *layers)
+    except OmegaConfBaseException as exc:
+        raise DatamodelsError(f"bad config: {_one_line(exc)}") from None
+    except (TypeError, ValueError) as exc:  # omegaconf's own, for shapes it cannot merge at all
+        raise DatamodelsError(f"bad config: {_first_line(exc)}") from None
+
+
+def _checked_layer(layer: DictConfig, where: str) -> DictConfig:
+    """A file or the overrides, before merging: sections are mappings, keys are names."""
+    raw = OmegaConf.to_container(layer, resolve=False)  # interpolations stay as written
+    for key in raw:
+        if not isinstance(key, str):
+            raise DatamodelsError(f"{where}: keys must be names, got {key!r}")
+    for name in SECTIONS:
+        if name not in raw:
+            continue
+        value = raw[name]
+        if not isinstance(value, dict):
+            what = "null" if value is None else ("a list" if isinstance(value, list) else repr(value))
+            raise DatamodelsError(f"{where}: the {name} section must be a mapping of settings "
+                                  f"({name}.key: value), got {what}")
+        for key in value:
+            if not isinstance(key, str):
+                raise DatamodelsError(f"{where}: keys of the {name} section must be names, got {key!r}")
+    return layer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check(cond: bool, message: str) -> None:
@@ -152,6 +251,7 @@ def _check(cond: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> DictConfig:
     """Range checks the type system cannot express, and the worker's own schema."""
     d, s, f = cfg.data, cfg.sweep, cfg.fit
+    _check_values(cfg)
     _check(d.source in ("digits", "npz", "cifar10"), f"data.source must be digits, npz or cifar10, got {d.source!r}")
     _check(d.source == "digits" or d.path, f"data.path is required when data.source is {d.source}")
     _check(d.targets in ("test", "test+train"), f"data.targets must be 'test' or 'test+train', got {d.targets!r}")
@@ -169,19 +269,35 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(s.margins_dtype in ("float16", "float32", "float64"),
            f"sweep.margins_dtype must be float16, float32 or float64, got {s.margins_dtype!r}")
     _check_live(s)
-    _check(f.device in ("cpu", "cuda") or str(f.device).startswith("cuda:"),
-           f"fit.device must be cpu or cuda, got {f.device!r}")
-    _check(0.0 < f.val_fraction < 1.0, f"fit.val_fraction must be in (0, 1), got {f.val_fraction}")
-    _check(f.num_lambdas >= 1, f"fit.num_lambdas must be >= 1, got {f.num_lambdas}")
-    _check(0.0 < f.lambda_min_ratio < 1.0, f"fit.lambda_min_ratio must be in (0, 1), got {f.lambda_min_ratio}")
-    _check(f.max_iter >= 1, f"fit.max_iter must be >= 1, got {f.max_iter}")
-    _check(f.tol > 0, f"fit.tol must be positive, got {f.tol}")
-    _check(f.chunk_rows >= 1, f"fit.chunk_rows must be >= 1, got {f.chunk_rows}")
-    _check(f.prior in ("none", "trak"), f"fit.prior must be none or trak, got {f.prior!r}")
-    _check(f.prior_models >= 1, f"fit.prior_models must be >= 1, got {f.prior_models}")
-    _check(0 <= f.prior_gamma < float("inf"), f"fit.prior_gamma must be a number >= 0, got {f.prior_gamma}")
+    check_fit_options(f)
     cfg.worker = worker_config(cfg.worker)
     return cfg
+
+
+def _is_int(value, least: int) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and int(value) == value and value >= least
+
+
+def check_fit_options(f) -> None:
+    """The range checks of the fit options (a ``FitOptions`` or the config's ``fit`` section)."""
+    _check(str(f.device) in ("cpu", "cuda") or str(f.device).startswith("cuda:"),
+           f"fit.device must be cpu or cuda, got {f.device!r}")
+    _check(0.0 < f.val_fraction < 1.0, f"fit.val_fraction must be in (0, 1), got {f.val_fraction}")
+    _check(_is_int(f.num_lambdas, 1), f"fit.num_lambdas must be an integer >= 1, got {f.num_lambdas}")
+    _check(0.0 < f.lambda_min_ratio < 1.0, f"fit.lambda_min_ratio must be in (0, 1), got {f.lambda_min_ratio}")
+    _check(_is_int(f.max_iter, 1), f"fit.max_iter must be an integer >= 1, got {f.max_iter}")
+    _check(f.tol > 0, f"fit.tol must be positive, got {f.tol}")
+    _check(_is_int(f.chunk_rows, 1), f"fit.chunk_rows must be an integer >= 1, got {f.chunk_rows}")
+    _check(f.prior in ("none", "trak"), f"fit.prior must be none or trak, got {f.prior!r}")
+    _check(_is_int(f.prior_models, 1), f"fit.prior_models must be an integer >= 1, got {f.prior_models}")
+    gamma = f.prior_gamma
+    _check(isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0 <= gamma < float("inf"),
+           f"fit.prior_gamma must be a number >= 0, got {gamma!r}")
+
+
+def fit_options(cfg: DictConfig, **overrides) -> FitOptions:
+    """The config's ``fit`` section as ``FitOptions`` (``overrides``: some of them replaced)."""
+    return FitOptions(**{**OmegaConf.to_container(cfg.fit, resolve=True), **overrides})
 
 
 def _check_live(s) -> None:
@@ -225,37 +341,12 @@ def interval(sweep_cfg) -> int:
 
 def worker_config(section: Any) -> Dict[str, Any]:
     """Validate the worker section against the named worker module's ``Config``."""
-    if isinstance(section, DictConfig):
-        section = OmegaConf.to_container(section)
-    name = section.get("name")
-    _check(isinstance(name, str) and name, "worker.name must name a worker module, e.g. workers.mlp")
-    module = load_worker(name)
-    schema = getattr(module, "Config", None)
-    if schema is None:
-        return dict(section)
-    _check(dataclasses.is_dataclass(schema), f"worker {name}: Config must be a dataclass")
-    params = {k: v for k, v in section.items() if k != "name"}
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), params)
-    except OmegaConfBaseException as exc:
-        raise DatamodelsError(f"bad config: {_one_line(exc, 'worker.')}") from None
-    # Stored untyped: the Config section is declared as a free-form mapping.
-    values = OmegaConf.to_container(merged)
-    try:  # the worker's own checks of values (its __post_init__), which merging does not run
-        schema(**values)
-    except (ValueError, TypeError) as exc:
-        raise DatamodelsError(f"bad config: {str(exc).strip().splitlines()[0]}") from None
-    return {"name": name, **values}
+    return worker_lib.settings(section)
 
 
 def load_worker(name: str):
-    """Import a worker module; it must define ``train(masks, seeds, config)``."""
-    try:
-        module = importlib.import_module(name)
-    except ImportError as exc:
-        raise DatamodelsError(f"worker.name: cannot import worker module {name!r}: {exc}") from None
-    _check(callable(getattr(module, "train", None)), f"worker.name: module {name!r} has no train(masks, seeds, config)")
-    return module
+    """Import a worker module and check its contract (``datamodels.worker.load``)."""
+    return worker_lib.load(name)
 
 
 def models_per_task(cfg: DictConfig, meta: Optional[Dict[str, Any]] = None,
@@ -266,12 +357,7 @@ def models_per_task(cfg: DictConfig, meta: Optional[Dict[str, Any]] = None,
     worker settings to ask about (the sweep's, with ``auto`` resolved); by default the config's."""
     if cfg.sweep.models_per_task > 0:
         return int(cfg.sweep.models_per_task)
-    worker = worker if worker is not None else to_dict(cfg.worker)
-    choose = getattr(load_worker(worker["name"]), "default_models_per_task", None)
-    if choose is None:
-        return 1
-    takes_meta = len(inspect.signature(choose).parameters) > 1
-    return max(1, int(choose(worker, meta) if takes_meta else choose(worker)))
+    return worker_lib.models_per_task(worker if worker is not None else to_dict(cfg.worker), meta)
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:
@@ -279,4 +365,88 @@ def to_dict(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def save(cfg: DictConfig, path: Union[str, Path]) -> None:
-    OmegaConf.save(cfg, path)
+    """Write ``cfg`` as YAML, atomically (a reader sees the old file or the new one)."""
+    atomic_write_text(path, OmegaConf.to_yaml(cfg))
+
+
+# The settings that make a run's models and data what they are: a run directory holds models of
+# one setting of each, so a run asked for with another is refused (``differences``).  The rest
+# (how many models, how they are scheduled, how the regression is fitted) may change between calls.
+DEFINING = ("seed", "data", "sweep.alpha", "sweep.margins_dtype", "worker")
+
+
+def differences(old: Dict[str, Any], new: Dict[str, Any], keys: Sequence[str] = DEFINING) -> List[str]:
+    """``"key old -> new"`` for every setting under ``keys`` on which two configs (as dicts) differ."""
+    def flat(values: Any, prefix: str) -> Dict[str, Any]:
+        if not isinstance(values, dict):
+            return {prefix: values}
+        out: Dict[str, Any] = {}
+        for k, v in values.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+
+    a, b = flat(old, ""), flat(new, "")
+    chosen = [k for k in sorted(set(a) | set(b)) if any(k == p or k.startswith(p + ".") for p in keys)]
+    missing = "(unset)"
+    return [f"{k} {a.get(k, missing)} -> {b.get(k, missing)}" for k in chosen if a.get(k, missing) != b.get(k, missing)]
+
+
+def read_saved(path: Union[str, Path]) -> Dict[str, Any]:
+    """A run's saved ``config.yaml`` as a dict with every default filled in (the worker's too), to
+    compare with another config (``differences``); read, not validated: it describes models made."""
+    path = Path(path)
+    try:
+        loaded = OmegaConf.load(path)
+    except OSError:
+        raise
+    except Exception as exc:  # YAML syntax errors come in many types
+        raise DatamodelsError(f"{path} is not valid YAML ({_first_line(exc)}); it describes the run's models: "
+                              f"restore it, or start a new out=") from None
+    if not isinstance(loaded, DictConfig):
+        raise DatamodelsError(f"{path} is not a config (a mapping of sections); restore it, or start a new out=")
+    try:
+        values = to_dict(_merge([_checked_layer(loaded, str(path))]))
+        values["worker"] = worker_lib.settings(values["worker"])
+    except (DatamodelsError, OmegaConfBaseException) as exc:
+        raise DatamodelsError(f"{path} cannot be read as a config ({_first_line(exc)}); restore it, or start a "
+                              f"new out=") from None
+    return values
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """What the types let through but no setting may be: NaN or infinite numbers, integers beyond
+    what numpy and torch take, empty names and malformed addresses."""
+    _check(isinstance(cfg.out, str) and cfg.out.strip() != "", f"out must name the run directory, got {cfg.out!r}")
+    _check("\0" not in cfg.out, "out must not contain a NUL character")
+    for name in ("seed", "data.split_seed"):
+        value = OmegaConf.select(cfg, name)
+        _check(0 <= value <= MAX_SEED, f"{name} must be in 0..{MAX_SEED} (a 32-bit seed), got {value}")
+    for section in ("data", "sweep", "fit"):
+        for key, value in cfg[section].items():
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, float):
+                _check(math.isfinite(value), f"{section}.{key} must be a finite number, got {value}")
+            elif isinstance(value, int) and key != "split_seed":
+                _check(abs(value) <= MAX_COUNT, f"{section}.{key} is too large: {value} (at most {MAX_COUNT})")
+    _check(cfg.sweep.num_models + cfg.sweep.num_eval_models <= MAX_COUNT,
+           f"sweep.num_models + sweep.num_eval_models is too large (at most {MAX_COUNT})")
+    path = cfg.data.path
+    _check(path is None or (path.strip() != "" and "\0" not in path), f"data.path must name a file, got {path!r}")
+    check_address(cfg.sweep.address, "sweep.address")
+
+
+def check_address(address: Optional[str], what: str = "--address") -> None:
+    """A Ray address: ``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT`` (port 1..65535)."""
+    if address is None:
+        return
+    _check(isinstance(address, str) and address.strip() == address and address != "",
+           f"{what} must be auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    if address in ("auto", "local"):
+        return
+    rest = address.split("://", 1)[1] if "://" in address else address
+    _check(address.count("://") <= 1 and (address.startswith("ray://") or "://" not in address),
+           f"{what} must be auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    _check(bool(sep) and bool(host.strip("[]")) and port.isdigit() and 0 < int(port) < 65536 and " " not in host,
+           f"{what} must be auto, local, HOST:PORT or ray://HOST:PORT (port 1..65535), got {address!r}")

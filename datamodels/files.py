@@ -103,13 +103,14 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), force: bool = False, *,
-                 produced: Optional[Callable[[Path], bool]] = None, what: str = "--out") -> Path:
+                 produced: Optional[Callable[[Path], bool]] = None, what: str = "--out",
+                 hint: str = "pass --force to replace it") -> Path:
     """Refuse, before anything is written, an output path that would destroy something.
 
     Refused always: a path inside a store directory, a path equal to (or a link to) one of
     ``inputs``, a directory, and a path under a file.  Refused unless ``force``: an existing file
     that ``produced(path)`` does not recognise as this command's own output (with no ``produced``,
-    any existing file).  Returns the path."""
+    any existing file; ``hint``: how to go on, ending the message).  Returns the path."""
     path = Path(path)
     if str(path).strip() == "":
         raise DatamodelsError(f"{what} is empty")
@@ -131,8 +132,7 @@ def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), forc
     if path.exists() or path.is_symlink():
         ours = produced is not None and path.is_file() and _quietly(produced, path)
         if not ours and not force:
-            raise DatamodelsError(f"{what} {path} exists and was not written by this command; "
-                                  f"pass --force to replace it")
+            raise DatamodelsError(f"{what} {path} exists and was not written by this command; {hint}")
     return path
 
 
@@ -160,6 +160,17 @@ def text_with_marker(marker: str, head_bytes: int = 4096) -> Callable[[Path], bo
     def check(path: Path) -> bool:
         with open(path, "rb") as f:
             return marker.encode() in f.read(head_bytes)
+
+    return check
+
+
+def json_with_keys(*keys: str) -> Callable[[Path], bool]:
+    """A ``produced`` test: a JSON object holding at least ``keys``."""
+    def check(path: Path) -> bool:
+        import json
+
+        value = json.loads(path.read_text())
+        return isinstance(value, dict) and set(keys) <= set(value)
 
     return check
 

@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 from . import config as config_lib
+from .errors import DatamodelsError
+from .files import atomic_write_text, check_output, json_with_keys, npz_with_keys, store_directory, text_with_marker
+
+log = logging.getLogger("datamodels")
+# What an existing output of a run holds, so one that is not (a file of the user's) is never replaced.
+DATAMODELS_KEYS = ("weight", "bias", "targets")
+METRICS_KEYS = ("lds", "num_models")
+REPORT_MARKER = "<title>Datamodels report:"
 
 
 def run(config=None, *, address=None, progress: bool = True, report: bool = True) -> dict:
@@ -15,19 +24,23 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
     ``metrics.json``, so a failing report never costs the metrics."""
     from . import hardware
     from .evaluate import lds
-    from .fit import fit
+    from .regression import fit
     from .prepare import prepare, read_meta
     from .sweep import sweep
 
+    from .cluster import check_reachable
+
     cfg = config_lib.coerce(config)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, out / "config.yaml")
+    saved = check_run_directory(cfg, report=report)
+    check_reachable(address or cfg.sweep.address)  # before anything is written
     times = {}
 
     t = time.time()
     data_dir = prepare(cfg, progress=progress)
     times["prepare_s"] = time.time() - t
+    if saved is None:  # a new run: its config, once the data it names has been read
+        config_lib.save(cfg, out / "config.yaml")
 
     t = time.time()
     sweep_summary = sweep(cfg, address=address, progress=progress)
@@ -42,10 +55,8 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
         prior = trak(cfg, num_models=f.prior_models, progress=progress)
         times["prior_s"] = time.time() - t
         t = time.time()
-    datamodels = fit(out / "store", out / "datamodels.npz", device=f.device, val_fraction=f.val_fraction,
-                     num_lambdas=f.num_lambdas, lambda_min_ratio=f.lambda_min_ratio, max_iter=f.max_iter,
-                     tol=f.tol, chunk_rows=f.chunk_rows, seed=cfg.seed, prior=prior,
-                     prior_gamma=f.prior_gamma, progress=progress)
+    datamodels = fit(out / "store", out / "datamodels.npz", options=config_lib.fit_options(cfg), seed=cfg.seed,
+                     prior=prior, progress=progress)
     times["fit_s"] = time.time() - t
 
     t = time.time()
@@ -67,7 +78,7 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
         # The hardware-dependent choices this run made (kernels, precision, K) and where.
         "hardware": {"machine": hardware.machine(), "choices": hardware.choices()},
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
 
     if report:
         from .report import report as write_report
@@ -78,5 +89,39 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
         metrics["report_s"] = time.time() - t
         metrics["total_s"] += metrics["report_s"]
         metrics["hardware"]["choices"] = hardware.choices()
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def check_run_directory(cfg, report: bool = True):
+    """Before anything is written: ``out`` is a directory outside any store, the files ``run``
+    writes there are its own from an earlier call (or absent), and a ``config.yaml`` already there
+    asks for the same models and data as ``cfg`` (it is never rewritten).  Returns that config as
+    a dict, or None for a new run."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DatamodelsError(f"out={out} is a file; out must name a directory for the run")
+    store = store_directory(out)
+    if store is not None:
+        raise DatamodelsError(f"out={out} is inside the store {store}; choose a directory of its own")
+    hint = "move it away or choose another out="
+    outputs = [("datamodels.npz", npz_with_keys(*DATAMODELS_KEYS)), ("metrics.json", json_with_keys(*METRICS_KEYS))]
+    if report:
+        outputs.append(("report.html", text_with_marker(REPORT_MARKER)))
+    for name, produced in outputs:
+        check_output(out / name, produced=produced, what="output", hint=hint)
+    path = out / "config.yaml"
+    if not path.exists():
+        check_output(path, what="output", hint=hint)  # not a directory, nor under a file
+        return None
+    if not path.is_file():
+        raise DatamodelsError(f"{path} is not a file; {hint}")
+    saved = config_lib.read_saved(path)
+    changed = config_lib.differences(saved, config_lib.to_dict(cfg))
+    if changed:
+        raise DatamodelsError(f"config differs from the run's {path}: {'; '.join(changed)}; start a new out= or "
+                              f"use the run's config")
+    others = config_lib.differences(saved, config_lib.to_dict(cfg), keys=("sweep", "fit"))
+    if others:
+        log.info("%s keeps the run's first settings; this call uses %s", path, "; ".join(others))
+    return saved

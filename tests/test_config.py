@@ -9,7 +9,7 @@ def test_defaults_file_and_overrides():
     cfg = config.load("configs/digits.yaml", ["sweep.alpha=0.25", "worker.hidden=16", "seed=3"])
     assert cfg.sweep.alpha == 0.25 and cfg.worker.hidden == 16 and cfg.seed == 3
     assert cfg.sweep.num_models == 10000 and cfg.worker.epochs == 30  # untouched keys keep the file's values
-    assert cfg.fit.tol == config.FitConfig().tol  # keys absent from the file take the defaults
+    assert cfg.fit.tol == config.FitOptions().tol  # keys absent from the file take the defaults
 
 
 @pytest.mark.parametrize("override, names", [

@@ -80,6 +80,12 @@ class Config:
     precision: str = "auto"
 
     def __post_init__(self):
+        for name in ("hidden", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"worker.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"worker.{name} must be >= 0, got {getattr(self, name)}")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"worker.precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
 
