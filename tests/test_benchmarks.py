@@ -34,6 +34,17 @@ def test_every_script_starts_from_anywhere():
         assert out.startswith(f"usage: {Path(script).name}"), f"{script}: {out[:200]}"
 
 
+def test_every_result_names_its_commit_and_cpu():
+    """A figure means little without the code and the CPU it was measured on (AVX2 and AVX512 differ
+    several-fold): each result file says both at its top level."""
+    results = sorted(BENCH.rglob("results/*.json"))
+    assert len(results) >= 37
+    for path in results:
+        report = json.loads(path.read_text())
+        assert len(report.get("commit") or "") == 40, f"{path}: no commit"
+        assert report.get("cpu_capability"), f"{path}: no CPU capability"
+
+
 def test_save_result_records_commit_cpu_and_date(tmp_path):
     from benchmarks import harness
     from datamodels.hardware import machine
