@@ -38,7 +38,7 @@ import numpy as np
 
 from . import config as config_lib
 from .errors import DatamodelsError
-from .store import atomic_write
+from .files import atomic_write_text
 
 META = "meta.json"
 SPLITS = ("train", "test")
@@ -98,7 +98,7 @@ def prepare(config=None, data_dir=None, progress: bool = True) -> Path:
             "image_field": image_field,
             "version": FORMAT_VERSION,
         }
-        atomic_write(data_dir / META, json.dumps(meta, indent=2))
+        atomic_write_text(data_dir / META, json.dumps(meta, indent=2))
     return data_dir
 
 

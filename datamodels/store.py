@@ -10,7 +10,12 @@ Layout (that of the published reference implementation, so its stores open too):
       margins.npy      float [M, T]  model i's margin on each target example
       _completed.npy   bool  [M]     row i holds finished results
       _failures.json   {index: error} for tasks that failed after all retries
-      .lock            held by the one sweep writing this store
+      .lock            held by the one process writing this store
+
+A store appears whole or not at all: ``create`` builds it in a hidden sibling directory,
+holding that directory's ``.lock`` from before its first file, and renames it into place;
+the lock file moves with it, so the store is locked by its creator from its first byte.
+Every write (grow, results, failures) needs the lock, held by this process or free.
 
 Masks are a pure function of (seed, index), so any row can be regenerated and
 checked.  Only the driver writes; it writes a row's margins, flushes them, and
@@ -25,7 +30,12 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
+import shutil
+import tempfile
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -34,12 +44,17 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from .errors import DatamodelsError
+from .files import atomic_write_text
+from .store_format import COMPLETED, HEADER_IO, SPEC, check_free_for_store, check_spec, create_npy, detect_spec
+from .store_format import first_line, fsync_dir, read_npy_header, read_spec, reason, restore_npy_head, save_npy_head
 
-SPEC = "spec.json"
-COMPLETED = "_completed.npy"
+__all__ = ["Store", "detect_spec", "parse_rows", "subset_mask", "subset_size", "model_seed", "model_seeds"]
+
 FAILURES = "_failures.json"
 LOCK = ".lock"
 FORMAT_VERSION = 1
+CREATING = ".creating-"  # hidden sibling directories of stores being created: .<name>.creating-XXXX
+STALE_CREATION_S = 60  # a creation takes milliseconds; an unlocked one this old was abandoned
 
 
 def subset_size(num_train: int, alpha: float) -> int:
@@ -92,12 +107,12 @@ class Store:
         if isinstance(spec, dict):
             self.spec, self.spec_source = json.loads(json.dumps(spec)), "the given spec"
         elif spec is not None:
-            self.spec, self.spec_source = _read_spec(Path(spec), f"spec {spec}"), f"spec {spec}"
+            self.spec, self.spec_source = read_spec(Path(spec), f"spec {spec}"), f"spec {spec}"
         elif spec_path.is_file():
-            self.spec = _read_spec(spec_path, f"store {self.path}: {SPEC}")
+            self.spec = read_spec(spec_path, f"store {self.path}: {SPEC}")
         else:
             self.spec, self.spec_source = detect_spec(self.path), "the spec detected from its .npy headers"
-        self._check_spec()
+        check_spec(self.spec, f"store {self.path}: {self.spec_source}")
         if mode == "r+" and (self.alpha is None or self.seed is None):
             raise DatamodelsError(
                 f"store {self.path} has no alpha/seed metadata (it was written by another pipeline, e.g. the reference "
@@ -124,20 +139,15 @@ class Store:
     @classmethod
     def create(cls, path, *, num_train: int, num_targets: int, alpha: float, seed: int,
                margins_dtype: str = "float32", extra: Optional[dict] = None) -> "Store":
-        """An empty store (zero models) for this problem; ``grow`` adds rows."""
-        path = Path(path)
-        if (path / SPEC).exists():
-            raise DatamodelsError(f"store already exists: {path}")
-        present = [name for name in ("masks.npy", "margins.npy", COMPLETED) if (path / name).exists()]
-        if present:
-            raise DatamodelsError(
-                f"{path} holds {', '.join(present)} without {SPEC} (a store written by another pipeline?), which a "
-                f"new store would overwrite: it cannot be grown or resumed here; fit, evaluate and analyse it as it is "
-                f"(--spec FILE), or use another out directory for new models")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatamodelsError(f"cannot create store {path}: {exc.strerror}") from None
+        """An empty store (zero models) for this problem; ``grow`` adds rows.
+
+        The store is built in a hidden sibling directory, under its lock, and renamed into
+        place, so a crash at any point leaves no store or a whole one.  Of creators racing for
+        one path, the first rename wins; the others, like a creator finding the store already
+        there, open it when it was made with the same settings (two runs of one command started
+        together behave as if one had started first; the store's lock then lets only one of
+        them write), and get a one-line error otherwise."""
+        path = Path(os.path.abspath(path))
         spec = {
             "num_models": 0,
             "schema": {
@@ -147,14 +157,31 @@ class Store:
             "datamodels": {"version": FORMAT_VERSION, "alpha": float(alpha), "seed": int(seed),
                            "eval_ranges": [], **(extra or {})},
         }
-        try:
-            for key, field in spec["schema"].items():
-                _create_npy(path / f"{key}.npy", (0, *field["shape"]), field["dtype"])
-            _create_npy(path / COMPLETED, (0,), "bool_")
-            atomic_write(path / SPEC, json.dumps(spec, indent=2))  # last: its presence means "a store"
-        except OSError as exc:
-            raise DatamodelsError(f"cannot create store {path}: {_reason(exc)}") from None
-        return cls(path, mode="r+")
+        spec = json.loads(json.dumps(spec))
+        check_spec(spec, f"new store {path}")
+        if check_free_for_store(path):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatamodelsError(f"cannot create store {path}: {reason(exc)}") from None
+            _remove_abandoned_creations(path)
+            _build_and_rename(path, spec)
+        return cls._open_created(path, spec)
+
+    @classmethod
+    def _open_created(cls, path: Path, spec: dict) -> "Store":
+        """The store at ``path``, which ``create`` or a racing creator made, if made like ``spec``."""
+        store = cls(path, mode="r+")
+
+        def settings(of: dict) -> dict:
+            return {"schema": of["schema"], **{k: v for k, v in of.get("datamodels", {}).items() if k != "eval_ranges"}}
+
+        ours, theirs = settings(spec), settings(store.spec)
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differ:
+            raise DatamodelsError(f"store already exists: {path}, made with other settings (differing in "
+                                  f"{', '.join(differ)}); use another out directory")
+        return store
 
     # ---- metadata --------------------------------------------------------------------------
     @property
@@ -221,7 +248,9 @@ class Store:
         try:
             failures = json.loads(p.read_text())
             return {int(k): str(v) for k, v in failures.items()}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError):
+        except OSError as exc:
+            raise DatamodelsError(f"store {self.path}: cannot read {FAILURES} ({reason(exc)})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError, RecursionError):
             raise DatamodelsError(f"store {self.path}: {FAILURES} is damaged (not a JSON object of row: message); "
                                   f"delete it to forget the recorded failures (their rows stay incomplete and are "
                                   f"retried)") from None
@@ -248,19 +277,39 @@ class Store:
     # ---- writing (driver only) -------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive write access.  The lock is an OS file lock, released if its holder dies,
-        so a crashed sweep never leaves a stale lock behind."""
-        lock = FileLock(str(self.path / LOCK))
+        """Exclusive write access for this process.  The lock is an OS file lock, released if its
+        holder dies, so a crashed sweep never leaves a stale lock behind."""
+        lock = _writer_lock(self.path)
+        if lock.is_locked:  # another Store of this process holds it
+            raise DatamodelsError(f"store {self.path} is locked: another sweep is writing to it")
+        self._acquire(lock)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every write: the lock, held by this process already or taken for the write, so
+        nothing writes into a store another process is writing."""
+        self._writable()
+        lock = _writer_lock(self.path)
+        if lock.is_locked:
+            yield
+            return
+        self._acquire(lock)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _acquire(self, lock: FileLock) -> None:
         try:
             lock.acquire(timeout=0)
         except Timeout:
             raise DatamodelsError(f"store {self.path} is locked: another sweep is writing to it") from None
         except OSError as exc:
-            raise DatamodelsError(f"store {self.path}: cannot take its lock {LOCK} ({_reason(exc)})") from None
-        try:
-            yield
-        finally:
-            lock.release()
+            raise DatamodelsError(f"store {self.path}: cannot take its lock {LOCK} ({reason(exc)})") from None
 
     def grow(self, num_fit: int, num_eval: int, chunk: int = 4096,
              on_allocated: Optional[Callable[[], None]] = None) -> Tuple[int, int]:
@@ -270,7 +319,11 @@ class Store:
         ``on_allocated()`` is called once the files have their new length and their blocks are
         reserved (whether or not rows were added): from then on only the masks (~50 us a row)
         and the spec remain to be written, so a caller can start other work."""
-        self._writable()
+        with self._writing():
+            return self._grow(num_fit, num_eval, chunk, on_allocated)
+
+    def _grow(self, num_fit: int, num_eval: int, chunk: int,
+              on_allocated: Optional[Callable[[], None]]) -> Tuple[int, int]:
         alpha, seed = self.alpha, self.seed
         if alpha is None or seed is None:
             raise DatamodelsError(f"store {self.path} has no alpha/seed metadata (it was written by another pipeline), "
@@ -289,7 +342,7 @@ class Store:
         # spec says, which opening tolerates and the next grow overwrites.  A failed write (a
         # full disk) is undone, so the store is left exactly as it was.
         files = [self.path / f"{key}.npy" for key in self.spec["schema"]] + [self.path / COMPLETED]
-        saved = [_save_npy_head(p) for p in files]
+        saved = [save_npy_head(p) for p in files]
         current = files[0]
         try:
             for current in files:
@@ -309,83 +362,67 @@ class Store:
             if add_eval:
                 spec["datamodels"]["eval_ranges"] = self.meta.get("eval_ranges", []) + [[old + add_fit, new]]
             current = self.path / SPEC
-            atomic_write(current, json.dumps(spec, indent=2))
+            atomic_write_text(current, json.dumps(spec, indent=2))
         except (OSError, DatamodelsError) as exc:
             for p, head in zip(files, saved):
-                _restore_npy_head(p, head)
-            (self.path / (SPEC + ".tmp")).unlink(missing_ok=True)
+                restore_npy_head(p, head)
             if isinstance(exc, DatamodelsError):
                 raise
             raise DatamodelsError(f"cannot grow store {self.path} from {old} to {new} models: {current.name}: "
-                                  f"{_reason(exc)}; the store is unchanged") from None
+                                  f"{reason(exc)}; the store is unchanged") from None
         finally:
             self.__init__(self.path, mode=self.mode, spec=self._spec_arg, eval_rows=self._eval_rows_arg)
         return add_fit, add_eval
 
     def write(self, indices: Sequence[int], margins: np.ndarray) -> None:
-        """Store finished rows: margins first, flushed, then their completion flags."""
-        self._writable()
+        """Store finished rows: margins first, flushed, then their completion flags.  Only finite
+        margins are stored (in the store's dtype: a float64 beyond float16's range is refused
+        too), so a completed row never holds NaN or inf."""
         indices = np.asarray(indices, dtype=np.int64)
         margins = np.asarray(margins)
         if margins.shape != (len(indices), self.num_targets):
             raise DatamodelsError(f"margins of shape {margins.shape} do not fit rows {len(indices)} x "
                                   f"{self.num_targets} targets")
-        self.margins[indices] = margins
-        self.margins.flush()
-        self.completed[indices] = True
-        self.completed.flush()
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.num_models):
+            raise DatamodelsError(f"rows {indices.min()}..{indices.max()} are outside store {self.path}'s "
+                                  f"{self.num_models} models")
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = margins.astype(self.margins.dtype)
+        bad = ~np.isfinite(stored).all(axis=1)
+        if bad.any():
+            raise DatamodelsError(f"margins of row {int(indices[np.argmax(bad)])} ({int(bad.sum())} of {len(indices)} "
+                                  f"rows) are NaN, infinite or beyond {self.margins.dtype}; nothing was stored")
+        with self._writing():
+            self.margins[indices] = stored
+            self.margins.flush()
+            self.completed[indices] = True
+            self.completed.flush()
 
     def record_failures(self, failures: Dict[int, str]) -> None:
-        self._writable()
-        current = self.failures()
-        current.update({int(k): str(v) for k, v in failures.items()})
-        atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
+        with self._writing():
+            current = self.failures()
+            current.update({int(k): str(v) for k, v in failures.items()})
+            self._write_failures(current)
 
     def clear_failures(self, indices: Sequence[int]) -> None:
         current = self.failures()
         if any(int(i) in current for i in indices):
-            for i in indices:
-                current.pop(int(i), None)
-            atomic_write(self.path / FAILURES, json.dumps({str(k): v for k, v in sorted(current.items())}, indent=1))
+            with self._writing():
+                for i in indices:
+                    current.pop(int(i), None)
+                self._write_failures(current)
+
+    def _write_failures(self, failures: Dict[int, str]) -> None:
+        text = json.dumps({str(k): v for k, v in sorted(failures.items())}, indent=1)
+        try:
+            atomic_write_text(self.path / FAILURES, text)
+        except OSError as exc:
+            raise DatamodelsError(f"store {self.path}: cannot write {FAILURES} ({reason(exc)})") from None
 
     # ---- internals -------------------------------------------------------------------------
     def _writable(self) -> None:
         if self.mode != "r+":
             raise RuntimeError("store opened read-only")
-
-    def _check_spec(self) -> None:
-        spec = self.spec
-        where = f"store {self.path}: {SPEC}" if self.spec_source == SPEC else f"store {self.path}: {self.spec_source}"
-        if not isinstance(spec, dict) or not isinstance(spec.get("num_models"), int) or spec["num_models"] < 0:
-            raise DatamodelsError(f"{where} needs a non-negative integer num_models")
-        schema = spec.get("schema")
-        if not isinstance(schema, dict) or "masks" not in schema or "margins" not in schema:
-            raise DatamodelsError(f"{where} needs a schema with 'masks' and 'margins'")
-        for key, field in schema.items():
-            if not isinstance(field, dict) or not isinstance(field.get("shape"), list):
-                raise DatamodelsError(f"{where}: schema.{key} needs a shape list and a dtype")
-            try:
-                np.dtype(field.get("dtype"))
-            except TypeError:
-                raise DatamodelsError(f"{where}: schema.{key}.dtype {field.get('dtype')!r} is not a numpy dtype") from None
-        if len(schema["masks"]["shape"]) != 1 or len(schema["margins"]["shape"]) != 1:
-            raise DatamodelsError(f"{where}: masks and margins must each have a one-dimensional row shape")
-        if not all(isinstance(d, int) and d >= 0 for f in schema.values() for d in f["shape"]):
-            raise DatamodelsError(f"{where}: schema shapes must be lists of non-negative integers")
-        meta = spec.get("datamodels", {})
-        if not isinstance(meta, dict):
-            raise DatamodelsError(f"{where}: datamodels must be an object")
-        ranges = meta.get("eval_ranges", [])
-        if not isinstance(ranges, list) or not all(
-                isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) and v >= 0 for v in r) and r[0] <= r[1]
-                for r in ranges):
-            raise DatamodelsError(f"{where}: datamodels.eval_ranges must be a list of [start, stop] row ranges, "
-                                  f"got {json.dumps(ranges)[:80]}")
-        alpha, seed = meta.get("alpha"), meta.get("seed")
-        if alpha is not None and not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-            raise DatamodelsError(f"{where}: datamodels.alpha must be a number in (0, 1), got {json.dumps(alpha)[:80]}")
-        if seed is not None and not isinstance(seed, int):
-            raise DatamodelsError(f"{where}: datamodels.seed must be an integer, got {json.dumps(seed)[:80]}")
 
     def _open_array(self, name: str, shape: List[int], dtype: str) -> np.memmap:
         p = self.path / name
@@ -394,18 +431,18 @@ class Store:
             raise DatamodelsError(f"{where} is missing")
         # The header is checked against spec.json, and the file's length against the header,
         # before mapping: numpy's own errors for a damaged file are neither one line nor clear.
-        file_shape, fortran, file_dtype, offset = _read_npy_header(p, where)
+        file_shape, fortran, file_dtype, offset = read_npy_header(p, where)
         source = self.spec_source
         if file_dtype != np.dtype(dtype):
             raise DatamodelsError(f"{where} has dtype {file_dtype}, but {source} says {np.dtype(dtype)}")
         # More rows than the spec says is a grow interrupted before publishing its new size; a
         # spec from elsewhere was never updated by a grow, so it must match exactly.
-        short = file_shape[0] < shape[0] or (self.external_spec and file_shape[0] != shape[0])
-        if len(file_shape) != len(shape) or list(file_shape[1:]) != list(shape[1:]) or short:
+        if len(file_shape) != len(shape) or list(file_shape[1:]) != list(shape[1:]) or file_shape[0] < shape[0] \
+                or (self.external_spec and file_shape[0] != shape[0]):
             raise DatamodelsError(f"{where} has shape {list(file_shape)}, but {source} says {list(shape)}")
         if fortran and len(file_shape) > 1:
             raise DatamodelsError(f"{where} is in Fortran order; rows must be contiguous (C order)")
-        needed = offset + int(np.prod(file_shape, dtype=np.int64)) * file_dtype.itemsize
+        needed = offset + math.prod(file_shape) * file_dtype.itemsize  # exact: Python integers
         size = p.stat().st_size
         if size < needed:
             raise DatamodelsError(f"{where} is truncated: {size} bytes, but its header describes {needed}")
@@ -413,53 +450,79 @@ class Store:
             arr = np.lib.format.open_memmap(p, mode=self.mode)
         except OSError as exc:
             purpose = "writing" if self.mode == "r+" else "reading"
-            raise DatamodelsError(f"{where}: cannot open it for {purpose} ({_reason(exc)})") from None
+            raise DatamodelsError(f"{where}: cannot open it for {purpose} ({reason(exc)})") from None
         except ValueError as exc:
-            raise DatamodelsError(f"{where} is corrupt ({_first_line(exc)})") from None
+            raise DatamodelsError(f"{where} is corrupt ({first_line(exc)})") from None
+        if name == COMPLETED and (np.asarray(arr[: shape[0]]).view(np.uint8) > 1).any():
+            # A bool byte other than 0 or 1 reads as both done and not done (~2 is true).
+            raise DatamodelsError(f"{where} is corrupt: it holds bytes other than 0 and 1")
         return arr[: shape[0]]
 
 
-def _read_spec(path: Path, where: str) -> dict:
-    if not path.is_file():
-        raise DatamodelsError(f"{where} not found")
+_WRITER_LOCKS: Dict[str, FileLock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+# A forked child is another process: it holds none of its parent's locks.
+os.register_at_fork(after_in_child=_WRITER_LOCKS.clear)
+
+
+def _writer_lock(path: Path) -> FileLock:
+    """The process's one lock object for a store: shared by its threads and its Store objects,
+    so a process that holds it may write through any of them."""
+    key = os.path.realpath(path / LOCK)
+    with _WRITER_LOCKS_GUARD:
+        if key not in _WRITER_LOCKS:
+            _WRITER_LOCKS[key] = FileLock(key, thread_local=False)
+        return _WRITER_LOCKS[key]
+
+
+def _build_and_rename(path: Path, spec: dict) -> None:
+    """Write the empty store of ``spec`` into a hidden sibling of ``path``, locked before its
+    first file, and rename it to ``path``.  A creator whose rename finds a store already there
+    (another creator's, whole) discards its own."""
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatamodelsError(f"{where} is not valid JSON ({exc})") from None
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{CREATING}", dir=path.parent))
     except OSError as exc:
-        raise DatamodelsError(f"{where}: cannot read it ({_reason(exc)})") from None
+        raise DatamodelsError(f"cannot create store {path}: {reason(exc)}") from None
+    lock = FileLock(str(tmp / LOCK))
+    try:
+        lock.acquire(timeout=0)
+        for key, field in spec["schema"].items():
+            create_npy(tmp / f"{key}.npy", (0, *field["shape"]), field["dtype"])
+        create_npy(tmp / COMPLETED, (0,), "bool_")
+        atomic_write_text(tmp / SPEC, json.dumps(spec, indent=2))
+        fsync_dir(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        else:
+            fsync_dir(path.parent)
+    except (OSError, Timeout) as exc:
+        raise DatamodelsError(f"cannot create store {path}: {reason(exc) if isinstance(exc, OSError) else exc}") \
+            from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename succeeded
+        lock.release()
 
 
-def detect_spec(path) -> dict:
-    """The spec of a store directory without ``spec.json``, read off its ``.npy`` headers when
-    they determine it: ``masks.npy`` bool [M, N], ``margins.npy`` floating [M, T] and
-    ``_completed.npy`` bool [M], with one M.  Anything else is an error that asks for the spec."""
-    path = Path(path)
-    ask = "pass the spec it was created with (--spec FILE)"
-    if not (path / "masks.npy").is_file():
-        raise DatamodelsError(f"{path} is not a store: {SPEC} is missing, and there is no masks.npy to detect one from "
-                              f"(a store written elsewhere: {ask})")
-    headers = {}
-    for name in ("masks.npy", "margins.npy", COMPLETED):
-        where = f"store {path}: {name}"
-        if not (path / name).is_file():
-            raise DatamodelsError(f"store {path} has no {SPEC} and no {name}, so its spec cannot be detected; {ask}")
-        shape, _, dtype, _ = _read_npy_header(path / name, where)
-        headers[name] = (shape, dtype)
-    (ms, md), (ys, yd), (cs, cd) = headers["masks.npy"], headers["margins.npy"], headers[COMPLETED]
-    problem = None
-    if len(ms) != 2 or md != np.bool_:
-        problem = f"masks.npy is {md} {list(ms)}, not a bool [models, train] array"
-    elif len(ys) != 2 or not np.issubdtype(yd, np.floating):
-        problem = f"margins.npy is {yd} {list(ys)}, not a floating [models, targets] array"
-    elif len(cs) != 1 or cd != np.bool_:
-        problem = f"{COMPLETED} is {cd} {list(cs)}, not a bool [models] array"
-    elif not ms[0] == ys[0] == cs[0]:
-        problem = f"the files disagree on the number of models (masks {ms[0]}, margins {ys[0]}, completed {cs[0]})"
-    if problem:
-        raise DatamodelsError(f"store {path} has no {SPEC} and its .npy headers do not determine one: {problem}; {ask}")
-    return {"num_models": int(ms[0]), "schema": {"masks": {"shape": [int(ms[1])], "dtype": "bool_"},
-                                                 "margins": {"shape": [int(ys[1])], "dtype": str(yd)}}}
+def _remove_abandoned_creations(path: Path) -> None:
+    """Delete hidden creation directories of ``path`` left by creators that died: unlocked and
+    older than a creation takes."""
+    import glob
+
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}{CREATING}*"):
+        lock = FileLock(str(tmp / LOCK))
+        try:
+            if time.time() - tmp.stat().st_mtime < STALE_CREATION_S:
+                continue
+            lock.acquire(timeout=0)
+        except (OSError, Timeout):
+            continue
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def parse_rows(rows, num_models: int) -> Tuple[int, int]:
@@ -490,53 +553,12 @@ def parse_rows(rows, num_models: int) -> Tuple[int, int]:
     return lo, hi
 
 
-_HEADER_IO = {
-    (1, 0): (np.lib.format.read_array_header_1_0, np.lib.format.write_array_header_1_0),
-    (2, 0): (np.lib.format.read_array_header_2_0, np.lib.format.write_array_header_2_0),
-}
-
-
-def _read_npy_header(path: Path, where: str):
-    """(shape, fortran_order, dtype, data offset) of a .npy file, or a one-line error."""
-    try:
-        with open(path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-            except ValueError:
-                raise DatamodelsError(f"{where} is not a .npy file (no .npy header)") from None
-            if version not in _HEADER_IO:
-                raise DatamodelsError(f"{where} is a .npy file of unsupported version {version}")
-            try:
-                shape, fortran, dtype = _HEADER_IO[version][0](f)
-            except (ValueError, SyntaxError, TypeError) as exc:
-                raise DatamodelsError(f"{where} is not a .npy file (damaged header: {_first_line(exc)})") from None
-            return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype), f.tell()
-    except OSError as exc:
-        raise DatamodelsError(f"{where}: cannot read it ({_reason(exc)})") from None
-
-
-def _reason(exc: OSError) -> str:
-    """An OSError as lower-case words, e.g. 'no space left on device'."""
-    text = exc.strerror or str(exc) or type(exc).__name__
-    return text[:1].lower() + text[1:]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _create_npy(path: Path, shape, dtype) -> None:
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
-    del arr
-
-
 def _extend_npy(path: Path, num_rows: int) -> None:
     """Grow a ``.npy`` file's first axis in place: rewrite the header (numpy leaves room for a
     longer shape) and extend the file; the new rows read as zeros."""
     with open(path, "r+b") as f:
         version = np.lib.format.read_magic(f)
-        read_header, write_header = _HEADER_IO[version]
+        read_header, write_header = HEADER_IO[version]
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
         if shape[0] >= num_rows:
@@ -567,33 +589,3 @@ def _reserve(fd: int, offset: int, length: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # file systems without it
             raise
-
-
-def _save_npy_head(path: Path) -> Tuple[int, bytes]:
-    """A file's size and header, enough to undo ``_extend_npy``."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        _HEADER_IO[version][0](f)
-        offset = f.tell()
-        f.seek(0)
-        return os.fstat(f.fileno()).st_size, f.read(offset)
-
-
-def _restore_npy_head(path: Path, saved: Tuple[int, bytes]) -> None:
-    size, head = saved
-    with open(path, "r+b") as f:
-        f.truncate(size)
-        f.seek(0)
-        f.write(head)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write a small text file so that readers see the old or the new contents, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
