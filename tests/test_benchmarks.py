@@ -10,8 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-# Every script with a command line; timed_worker, plain_mlp and regression_scale are loaded by training.py
-# and regression.py.
+# The scripts with a command line, at the least; timed_worker, plain_mlp and regression_scale are loaded by
+# training.py and regression.py.
 SCRIPTS = [*(f"perf/{n}.py" for n in ("training", "training_gpu", "regression", "regression_gpu", "soak")),
            *(f"quality/{n}.py" for n in ("estimators", "attribution", "leakage", "analyses", "live_lds")),
            *(f"experiments/2026-12/{n}.py" for n in ("adaptive_prior", "balanced_masks", "counterfactual_prior",
@@ -24,10 +24,10 @@ if str(ROOT) not in sys.path:
 def test_every_script_starts_from_anywhere():
     """Run by path from another folder (the scripts find the harness themselves), each prints its usage."""
     scripts = sorted(str(p.relative_to(BENCH)) for p in BENCH.rglob("*.py")
-                     if p.name not in ("harness.py", "timed_worker.py", "plain_mlp.py", "regression_scale.py"))
-    assert scripts == sorted(SCRIPTS), "a script was added or removed: list it in SCRIPTS"
+                     if 'if __name__ == "__main__":' in p.read_text())
+    assert set(SCRIPTS) <= set(scripts)
     procs = {s: subprocess.Popen([sys.executable, str(BENCH / s), "--help"], cwd="/", text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in SCRIPTS}
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in scripts}
     for script, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{script}: {err[-2000:]}"
