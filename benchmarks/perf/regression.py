@@ -172,7 +172,8 @@ def run_baseline(store_path: str, out: str, solver: str) -> None:
 
     def paths(batch):
         coefs = np.stack([path(Xs, Yc[:, t], lam_max[t] * ratios, gram, XyT[t]) for t in batch], 1)  # [N, b, k]
-        mse = ((Yv[:, batch, None] - (Xv @ coefs.reshape(len(coefs), -1)).reshape(len(Xv), *coefs.shape[1:])) ** 2).mean(0)  # [b, k]
+        predicted = (Xv @ coefs.reshape(len(coefs), -1)).reshape(len(Xv), *coefs.shape[1:])
+        mse = ((Yv[:, batch, None] - predicted) ** 2).mean(0)  # [b, k]
         best = mse.argmin(1)
         return coefs[:, np.arange(len(batch)), best], best
 
@@ -191,8 +192,8 @@ def run_baseline(store_path: str, out: str, solver: str) -> None:
         start = w_train * scale[:, None] * np.where(scale_a > 0, 1 / np.where(scale_a > 0, scale_a, 1), 0)[:, None]
 
         def refit(batch):
-            return np.stack([path(Xa, Ya[:, t], np.array([lam[t]]), gram_a, XyT_a[t], np.ascontiguousarray(start[:, t]))[:, 0]
-                             for t in batch], 1)
+            return np.stack([path(Xa, Ya[:, t], np.array([lam[t]]), gram_a, XyT_a[t],
+                                  np.ascontiguousarray(start[:, t]))[:, 0] for t in batch], 1)
 
         w = np.concatenate(parallel(delayed(refit)(b) for b in batches), 1)
     weight = w * scale_a[:, None]
@@ -365,7 +366,8 @@ def main(argv=None) -> int:
 
     machine = machine_info("scipy", "sklearn", *[m for m in ("celer", "skglm") if m in args.methods.split(",")])
     if args.emulate:  # what the children ran with, not this process
-        capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        capability = subprocess.run([sys.executable, "-c",
+                                     "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                                     env={**os.environ, **EMULATE[args.emulate]}, capture_output=True, text=True,
                                     check=True).stdout.strip()
         machine.update(emulated=args.emulate, isa_env=EMULATE[args.emulate], cpu_capability=capability,

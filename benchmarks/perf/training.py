@@ -266,7 +266,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--emulate-avx2", action="store_true",
                         help=f"run with {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}: torch's kernels of "
                              f"an AVX2-only machine (default --out: training_cpu_avx2.json)")
-    parser.add_argument("--out", default=None, help="JSON file (default benchmarks/perf/results/training_cpu[_avx2|_avx2_native].json)")
+    parser.add_argument("--out", default=None,
+                        help="JSON file (default benchmarks/perf/results/training_cpu[_avx2|_avx2_native].json)")
     args = parser.parse_args(argv)
 
     if args.emulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
@@ -444,7 +445,8 @@ def main(argv=None) -> dict:
         b = r["breakdown"]
         print(f"{r['kind']:5s} {r['setting']:22s} {r['models']:6d} {r['models_per_s']:8.1f} "
               f"{r['standalone_models_per_s']:8.1f} {r['ratio']:6.1%} {b['startup']:8.1%} "
-              f"{b['train_slower_than_alone']:7.1%} {b['between_tasks']:8.1%} {b['tail']:6.1%} {r['test_accuracy']:6.3f} "
+              f"{b['train_slower_than_alone']:7.1%} {b['between_tasks']:8.1%} {b['tail']:6.1%} "
+              f"{r['test_accuracy']:6.3f} "
               f"{r['side_by_side_models_per_s']:7.1f} {r['ratio_to_side_by_side']:7.1%}")
     if startup:
         print("warm Ray's one-off startup: " + ", ".join(f"{k} {v:.1f}" for k, v in startup.items()))

@@ -34,8 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.harness import machine_info  # noqa: E402
-from benchmarks.harness import save_result as save_json  # noqa: E402
+from benchmarks.harness import machine_info, save_result as save_json  # noqa: E402
 
 SPECS = ("top:5", "top:10", "top:20")
 
@@ -119,9 +118,11 @@ def main(argv=None) -> int:
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "command": " ".join(["python", "benchmarks/quality/analyses.py", *(argv if argv is not None else sys.argv[1:])]),
-        "run": {"path": args.run, "config": args.config, "lds": metrics["lds"], "num_fit_models": metrics["num_fit_models"],
-                "num_eval_models": metrics["num_eval_models"], "num_train": metrics["num_train"],
+        "command": " ".join(["python", "benchmarks/quality/analyses.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
+        "run": {"path": args.run, "config": args.config, "lds": metrics["lds"],
+                "num_fit_models": metrics["num_fit_models"], "num_eval_models": metrics["num_eval_models"],
+                "num_train": metrics["num_train"],
                 "num_targets": metrics["num_targets"], "fingerprint": run.fingerprint()},
         "counterfactual": {
             "targets": len(targets), "specs": list(SPECS), "models_per_mask": args.verify, "base": cf["base"],

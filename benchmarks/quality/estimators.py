@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {"benchmark": "estimators: LDS against models trained", "cpu_capability": info["cpu_capability"],
               "machine": info, "settings": {"sizes": sizes, "seeds": seeds, "trak_max": args.trak_max,
-                                            "prior_models": prior_models, "gamma": args.gamma, "config": "configs/digits.yaml"},
+                                            "prior_models": prior_models, "gamma": args.gamma,
+                                            "config": "configs/digits.yaml"},
               "results": results}
     save_result(args.out, report)
     return 0

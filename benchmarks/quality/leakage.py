@@ -61,7 +61,8 @@ def _worker_margins(cfg, data_dir: Path, masks: np.ndarray, seeds: np.ndarray, w
     from datamodels.prepare import read_meta
 
     worker = importlib.import_module(cfg.worker["name"])
-    config = {"worker": dict(cfg.worker), "data": {"dir": str(data_dir), "targets": "test" if which == "test" else "test+train"}}
+    targets = "test" if which == "test" else "test+train"
+    config = {"worker": dict(cfg.worker), "data": {"dir": str(data_dir), "targets": targets}}
     margins = worker.train(masks, seeds, config)
     return margins if which == "test" else margins[:, int(read_meta(data_dir)["num_test"]):]
 
@@ -133,11 +134,13 @@ def one(config_path: str, variant: str, root: Path, n: int, noise: float, seed: 
     effect_sd = np.array([e["effect_sd"] for e in check["pairs"]])
     result = {
         "config": config_path, "variant": variant, **spec, "noise": noise, "planted": n,
-        "lds": metrics["lds"], "num_fit_models": metrics["num_fit_models"], "num_eval_models": metrics["num_eval_models"],
+        "lds": metrics["lds"], "num_fit_models": metrics["num_fit_models"],
+        "num_eval_models": metrics["num_eval_models"],
         "num_pairs": run.num_train * run.num_targets,
         "training_accuracy": acc,
         "effective": len(effective), "share_effective": len(effective) / n,
-        "effect_sd": {"min": float(effect_sd.min()), "median": float(np.median(effect_sd)), "max": float(effect_sd.max())},
+        "effect_sd": {"min": float(effect_sd.min()), "median": float(np.median(effect_sd)),
+                      "max": float(effect_sd.max())},
         "effective_in_top_2n": check["visible_within_limit"],
         "recall_effective_at_2n": check["visible_within_limit"] / len(effective) if effective else float("nan"),
         "planted_in_top_2n": check["all_within_limit"],
@@ -171,7 +174,8 @@ def one(config_path: str, variant: str, root: Path, n: int, noise: float, seed: 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default=",".join(str(ROOT / "configs" / c) for c in ("digits.yaml", "digits-memorise.yaml")))
+    p.add_argument("--configs", default=",".join(str(ROOT / "configs" / c)
+                                                 for c in ("digits.yaml", "digits-memorise.yaml")))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--planted", type=int, default=20, help="copies planted (n)")
     p.add_argument("--noise", type=float, default=0.05, help="noise sd, as a fraction of the pixel range")

@@ -131,7 +131,8 @@ def main(argv=None) -> int:
                                           "overhead": round(median["with_live_lds"] / median["without"] - 1, 4),
                                           "pair_overheads": [round(x, 4) for x in pairs],
                                           "median_pair_overhead": round(float(np.median(pairs)), 4),
-                                          "checkpoint_solve_s": [r["summary"].get("checkpoint_solve_s") for r in with_live],
+                                          "checkpoint_solve_s": [r["summary"].get("checkpoint_solve_s")
+                                                                 for r in with_live],
                                           # the checkpoint thread's CPU time as a share of what the cores
                                           # could do during the sweep: what it can take from the tasks
                                           "solve_share_of_cores": [
@@ -177,7 +178,8 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info["load_average_at_end"] = list(os.getloadavg())
-    report = {"benchmark": "live LDS during the sweep: cost, forecast, stop rule", "cpu_capability": info["cpu_capability"],
+    report = {"benchmark": "live LDS during the sweep: cost, forecast, stop rule",
+              "cpu_capability": info["cpu_capability"],
               "machine": info, "settings": {"forecast_from": args.forecast_from, "fine_every": args.fine_every,
                                             "repeats_digits": args.repeats},
               "results": results}

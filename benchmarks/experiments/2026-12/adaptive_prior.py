@@ -158,8 +158,8 @@ def main(argv=None) -> dict:
             validation[label] = val_sse(offset + delta)
             # refit on all n models at the chosen λ, around the prior scaled on all of them
             full_offset = scaled(everything, prior) if offset.abs().sum() > 0 else offset
-            refit = fista(everything.G, everything.L, everything.C - everything.G @ full_offset, delta, lam[None, :] * weights,
-                          REFIT_ITERS)
+            refit = fista(everything.G, everything.L, everything.C - everything.G @ full_offset, delta,
+                          lam[None, :] * weights, REFIT_ITERS)
             point[label] = spearman_mean(everything.predict(x_eval, full_offset + refit).numpy(), y_eval)
             point[f"{label}_nnz"] = float((refit != 0).sum(0).double().median())
             if label == "gamma_0":

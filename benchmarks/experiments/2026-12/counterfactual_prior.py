@@ -63,7 +63,8 @@ def main(argv=None) -> dict:
         started = time.perf_counter()
         result = counterfactual(run, targets, [args.remove], verify=args.verify, progress=False)
         actual = [c["verified"]["actual_change"] for c in result["counterfactuals"]]
-        row = {"fit": label, "num_models": int(dm["num_models"]), "lds": round(float(datamodels.lds(store, dm)["lds"]), 4),
+        row = {"fit": label, "num_models": int(dm["num_models"]),
+               "lds": round(float(datamodels.lds(store, dm)["lds"]), 4),
                "pearson": round(float(result["correlation"]["pearson"]), 4),
                "mean_actual_change": round(float(np.mean(actual)), 4),
                "verify_s": round(time.perf_counter() - started, 1)}
