@@ -13,11 +13,9 @@ directory the first time one of its tasks needs them.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,29 +34,16 @@ from .store import Store, model_seed, model_seeds
 
 log = logging.getLogger("datamodels")
 
-DATA_FILES = ("train.beton", "test.beton", "meta.json")
-
-
 # ---- what runs on the workers ----------------------------------------------------------------
 
 def _local_data_dir(digest: str, payload_ref) -> str:
-    """This node's copy of the prepared data, unpacked from the object store on first use."""
+    """This node's copy of the prepared data, checked against ``digest`` before use and unpacked
+    from the object store when missing or not what the driver sent (``datamodels.datacache``)."""
     import ray
-    from filelock import FileLock
 
-    root = Path(os.environ.get("DATAMODELS_CACHE") or Path(tempfile.gettempdir()) / "datamodels-cache")
-    target = root / digest
-    if (target / "meta.json").exists():
-        return str(target)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{digest}.lock")):  # several worker processes per node race here
-        if not (target / "meta.json").exists():
-            files = ray.get(payload_ref[0])
-            tmp = Path(tempfile.mkdtemp(dir=root))
-            for name, blob in files.items():
-                (tmp / name).write_bytes(blob)
-            os.replace(tmp, target)
-    return str(target)
+    from . import datacache
+
+    return datacache.local_data_dir(digest, lambda: ray.get(payload_ref[0]))
 
 
 def run_task(worker_name: str, masks: np.ndarray, seeds: np.ndarray, worker_cfg: dict, data: dict,
@@ -224,9 +209,9 @@ def check_margins(result, num_models: int, num_targets: int) -> np.ndarray:
 
 
 def _data_payload(data_dir: Path) -> Tuple[str, Dict[str, bytes]]:
-    files = {name: (data_dir / name).read_bytes() for name in DATA_FILES}
-    digest = hashlib.sha256(b"".join(hashlib.sha256(files[n]).digest() for n in DATA_FILES)).hexdigest()[:16]
-    return digest, files
+    from . import datacache
+
+    return datacache.payload(data_dir)
 
 
 def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
