@@ -22,8 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+try:
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+except ImportError:  # FitOptions and its checks need no OmegaConf: the fit runs without it (a bare GPU node)
+    DictConfig = OmegaConf = None
+
+    class OmegaConfBaseException(Exception):
+        """Never raised: keeps the except clauses valid where OmegaConf is missing."""
 
 from . import worker as worker_lib
 from .errors import DatamodelsError

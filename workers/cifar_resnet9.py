@@ -41,8 +41,19 @@ The tricks, and why each is here:
   elementwise work; worth it for long sweeps, as the compiled network is kept and reused
   by every task of the process.
 
-Data reading goes through FFCV throughout: training batches come from ``ffcv.loader.Loader``
-and the target images from ``workers.common.targets`` (an FFCV loader, cached per process).
+Training batches come from one of two data paths (``data_path``):
+
+* **ffcv**: FFCV loaders as above; the augmentations run on CPU threads (8 per loader on a GPU
+  node), so a GPU node needs CPU cores in proportion to its images/s.
+* **device**: the training split held in device memory as uint8 and augmented there, K models
+  at once (``workers.device_data``); no loader threads, no host-to-device copies.  The same
+  recipe and the same draw distributions, from other random numbers.
+* **auto** (default): ``device`` on CUDA when the training images take at most
+  ``device_data.AUTO_MEMORY_SHARE`` (10%) of the GPU's memory, else ``ffcv``; on CPU ``ffcv``
+  (reproducible through its seeded decoder, and the figures of the CPU benchmarks), unless FFCV
+  is not installed or the data is an unprepared ``.npz`` (``data = {source: npz, path: ...}``).
+
+The target images are read with numpy from the prepared files (or the ``.npz``) once per process.
 """
 from __future__ import annotations
 
@@ -55,12 +66,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import equal_size_groups, margins, targets
+from datamodels.errors import DatamodelsError
+
+from . import device_data
+from .common import equal_size_groups, margins
 
 # CIFAR-10 channel statistics on the 0-255 scale.
 MEAN = (125.307, 122.961, 113.8575)
 STD = (51.5865, 50.847, 51.255)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The augmentations: random flip, translate by up to TRANSLATE px, a CUTOUT x CUTOUT square, both
+# filled with the mean colour; the same on both data paths.
+TRANSLATE = 2
+CUTOUT = 4
+FILL = tuple(int(round(m)) for m in MEAN)
 
 
 @dataclass
@@ -83,9 +102,11 @@ class Config:
     # torch's CPU thread count to this at every epoch, so on CPU it is the training's thread count too.
     loader_workers: int = 0
     eval_batch_size: int = 1000
+    data_path: str = "auto"  # ffcv | device; auto: device on cuda when the data fits, else ffcv (see above)
 
     def __post_init__(self):
-        checks = {"precision": ("auto", *_DTYPES), "stack": ("auto", "grouped", "sequential")}
+        checks = {"precision": ("auto", *_DTYPES), "stack": ("auto", "grouped", "sequential"),
+                  "data_path": ("auto", "ffcv", "device")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"worker.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -164,7 +185,14 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _seeded_decoder():
+def ffcv_augmentations() -> list:
+    """FFCV's flip, translate and cutout, as the ffcv path runs them (after decoding, on uint8 HWC)."""
+    from ffcv.transforms import Cutout, RandomHorizontalFlip, RandomTranslate
+
+    return [RandomHorizontalFlip(), RandomTranslate(padding=TRANSLATE, fill=FILL), Cutout(CUTOUT, FILL)]
+
+
+def seeded_decoder():
     """FFCV's raw RGB decoder, preceded by seeding numba's RNG (the one FFCV's flip, translate
     and cutout draw from) from a hash of the batch's example ids.  Those follow the model's own
     shuffled order, which its seed fixes, so the augmentations become a function of (mask, seed).
@@ -195,12 +223,9 @@ class _ModelLoader:
     def __init__(self, path: str, cfg: Config, device: torch.device, workers: int):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import (Convert, Cutout, RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice,
-                                     ToTensor, ToTorchImage)
+        from ffcv.transforms import Convert, Squeeze, ToDevice, ToTensor, ToTorchImage
 
-        fill = tuple(int(round(m)) for m in MEAN)  # translated-in borders and cutouts become the mean colour
-        image = [_seeded_decoder(), RandomHorizontalFlip(), RandomTranslate(padding=2, fill=fill),
-                 Cutout(4, fill), ToTensor(), ToDevice(device, non_blocking=True),
+        image = [seeded_decoder(), *ffcv_augmentations(), ToTensor(), ToDevice(device, non_blocking=True),
                  ToTorchImage(channels_last=cfg.channels_last), Convert(torch.float32), Normalize(device)]
         label = [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True), Squeeze()]
         self.loader = Loader(path, batch_size=cfg.batch_size, num_workers=workers, order=OrderOption.RANDOM,
@@ -240,11 +265,11 @@ def _loaders(data_dir: str, cfg: Config, device: torch.device, count: int) -> Li
     return pool[:count]
 
 
-def _target_images(data_dir: str, which: str, device: torch.device, channels_last: bool):
+def _target_images(data: dict, device: torch.device, channels_last: bool):
     """The target images, normalised, on the device, and their labels; cached per process."""
-    key = (data_dir, which, str(device), channels_last)
+    key = (data.get("dir"), data.get("path"), data.get("targets", "test"), str(device), channels_last)
     if key not in _TARGETS:
-        images, labels = targets(data_dir, which)  # [n, H, W, 3] uint8, read through FFCV
+        images, labels = device_data.target_arrays(data)  # [n, H, W, 3] uint8
         x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
         x = Normalize(device)(x)
         x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -259,6 +284,33 @@ def _resolve(cfg: Config) -> Tuple[torch.device, torch.dtype, str]:
     precision = cfg.precision if cfg.precision != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     stack = cfg.stack if cfg.stack != "auto" else ("grouped" if device.type == "cuda" else "sequential")
     return device, _DTYPES[precision], stack
+
+
+def _ffcv_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ffcv") is not None
+    except ImportError:  # an import hook that refuses it: as good as absent
+        return False
+
+
+def data_path(cfg: Config, data: dict, device: torch.device) -> str:
+    """``ffcv`` or ``device``: the configured path, or what ``auto`` means for this data and device."""
+    prepared = device_data.is_prepared(data)
+    if cfg.data_path == "ffcv":
+        if not prepared:
+            raise DatamodelsError("worker.data_path ffcv needs prepared data (a data directory with meta.json); "
+                                  "prepare it, or use worker.data_path: device")
+        if not _ffcv_installed():
+            raise DatamodelsError("worker.data_path ffcv needs FFCV, which is not installed here; "
+                                  "use worker.data_path: device")
+        return "ffcv"
+    if cfg.data_path == "device":
+        return "device"
+    if not prepared or not _ffcv_installed():
+        return "device"
+    return "device" if device_data.fits_on(device, device_data.train_nbytes(data)) else "ffcv"
 
 
 def _network(k: int, cfg: Config, num_classes: int, device: torch.device) -> Tuple[StackedResNet9, nn.Module]:
@@ -294,8 +346,9 @@ def train(masks: np.ndarray, seeds: np.ndarray, config: dict) -> np.ndarray:
     device, dtype, stack = _resolve(cfg)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes never change within a sweep: autotune once
-    x_target, y_target = _target_images(data["dir"], data.get("targets", "test"), device, cfg.channels_last)
-    num_classes = _num_classes(data["dir"], y_target)
+    path = data_path(cfg, data, device)
+    x_target, y_target = _target_images(data, device, cfg.channels_last)
+    num_classes = device_data.num_classes(data)
 
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds)
@@ -304,30 +357,55 @@ def train(masks: np.ndarray, seeds: np.ndarray, config: dict) -> np.ndarray:
         per_stack = len(rows) if stack == "grouped" else 1
         for start in range(0, len(rows), per_stack):
             chunk = rows[start:start + per_stack]
-            net = _fit(masks[chunk], seeds[chunk], cfg, data["dir"], device, dtype, num_classes)
+            net = _fit(masks[chunk], seeds[chunk], cfg, data, path, device, dtype, num_classes)
             logits = _predict(net, x_target, cfg, device, dtype)  # [n, k, classes]
             out[chunk] = margins(logits.transpose(0, 1), y_target).cpu().numpy()
     return out
 
 
-def _num_classes(data_dir: str, labels: torch.Tensor) -> int:
-    import json
-    from pathlib import Path
+def _ffcv_batches(masks: np.ndarray, seeds: np.ndarray, cfg: Config, data_dir: str, device: torch.device):
+    """(steps per epoch, a function giving one epoch's (x [B, 3K, H, W], y [B, K]) batches) from FFCV loaders."""
+    k = len(masks)
+    loaders = [loader.point_at(np.flatnonzero(mask), seed)
+               for loader, mask, seed in zip(_loaders(data_dir, cfg, device, k), masks, seeds)]
 
-    meta = json.loads((Path(data_dir) / "meta.json").read_text())
-    return int(meta.get("num_classes", int(labels.max()) + 1))
+    def epoch():
+        for batches in zip(*loaders):
+            if device.type == "cuda":
+                # FFCV's last stages allocate these on its own CUDA stream; tell the allocator they are
+                # used on ours, or it may hand their memory to the next batch while we still read it.
+                for images, labels in batches:
+                    images.record_stream(torch.cuda.current_stream())
+                    labels.record_stream(torch.cuda.current_stream())
+            x = torch.cat([images for images, _ in batches], dim=1) if k > 1 else batches[0][0]
+            yield x, torch.stack([labels for _, labels in batches], dim=1)
+
+    return len(loaders[0]), epoch
 
 
-def _fit(masks: np.ndarray, seeds: np.ndarray, cfg: Config, data_dir: str, device: torch.device,
+def _device_batches(masks: np.ndarray, seeds: np.ndarray, cfg: Config, data: dict, device: torch.device):
+    """What ``_ffcv_batches`` gives, from the training split held and augmented on the device."""
+    batches = device_data.StackBatches(device_data.resident(data, device), [np.flatnonzero(m) for m in masks], seeds,
+                                       cfg.batch_size, TRANSLATE, CUTOUT, FILL)
+
+    def epoch():
+        for images, labels in batches:
+            yield device_data.to_network_input(images, MEAN, STD, cfg.channels_last), labels
+
+    return len(batches), epoch
+
+
+def _fit(masks: np.ndarray, seeds: np.ndarray, cfg: Config, data: dict, path: str, device: torch.device,
          dtype: torch.dtype, num_classes: int) -> StackedResNet9:
-    """Train K models (one stack) on their masks."""
+    """Train K models (one stack) on their masks, with batches from the ``path`` data path."""
     k = len(masks)
     net, model = _network(k, cfg, num_classes, device)
     net.reset(seeds)
     net.train()
-    loaders = [loader.point_at(np.flatnonzero(mask), seed)
-               for loader, mask, seed in zip(_loaders(data_dir, cfg, device, k), masks, seeds)]
-    steps = len(loaders[0])
+    if path == "ffcv":
+        steps, epoch = _ffcv_batches(masks, seeds, cfg, data["dir"], device)
+    else:
+        steps, epoch = _device_batches(masks, seeds, cfg, data, device)
     if steps == 0:
         raise ValueError(f"a subset of {masks[0].sum()} examples holds no full batch of {cfg.batch_size}")
     total = cfg.epochs * steps
@@ -340,15 +418,7 @@ def _fit(masks: np.ndarray, seeds: np.ndarray, cfg: Config, data_dir: str, devic
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     step = 0
     for _ in range(cfg.epochs):
-        for batches in zip(*loaders):
-            if device.type == "cuda":
-                # FFCV's last stages allocate these on its own CUDA stream; tell the allocator they are
-                # used on ours, or it may hand their memory to the next batch while we still read it.
-                for images, labels in batches:
-                    images.record_stream(torch.cuda.current_stream())
-                    labels.record_stream(torch.cuda.current_stream())
-            x = torch.cat([images for images, _ in batches], dim=1) if k > 1 else batches[0][0]
-            y = torch.stack([labels for _, labels in batches], dim=1)  # [B, K]
+        for x, y in epoch():  # x [B, 3K, H, W] normalised, y [B, K]
             for group in opt.param_groups:
                 group["lr"] = schedule[step]
             with autocast:
