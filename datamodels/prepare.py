@@ -22,35 +22,37 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import os
-import pickle
 import sys
-import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Iterator, Tuple
 
 import numpy as np
 
 from . import config as config_lib
 from .errors import DatamodelsError
 from .files import atomic_write_text
+from .prepare_cifar import CIFAR_BATCHES, CIFAR_DIR, CIFAR_META, load_cifar10, write_cifar10
+
+__all__ = ["prepare", "read_meta", "read_arrays", "load_arrays", "check_beton", "digits_split", "keep_torch_threads",
+           "write_cifar10", "CIFAR_BATCHES", "CIFAR_DIR", "CIFAR_META"]
 
 META = "meta.json"
 SPLITS = ("train", "test")
 FORMAT_VERSION = 1
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-CIFAR_DIR = "cifar-10-batches-py"
-CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-CIFAR_META = "batches.meta"
 # Only writes at least this long get a progress bar; short ones would just add noise.
 PROGRESS_MIN_EXAMPLES = 10_000
 # Small data sets are written by one process: a second one costs more to start than it saves.
 PARALLEL_MIN_EXAMPLES = 5_000
+# Labels are class indices: the model gets one output per class up to the largest label.
+MAX_LABEL = (1 << 31) - 1
+IMAGE_DTYPES = ("uint8", "float32")
+IMAGE_FIELDS = ("ndarray", "rgb")
 
 
 @dataclass
@@ -109,11 +111,35 @@ def read_meta(data_dir) -> dict:
         raise DatamodelsError(f"{data_dir} holds no prepared data ({META} is missing); run `datamodels prepare` first")
     try:
         meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatamodelsError(f"{path} is not valid JSON ({exc}); delete {data_dir} and prepare again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DatamodelsError(f"{path} is not valid JSON ({_first_line(exc)}); delete {data_dir} and prepare "
+                              f"again") from None
+    except OSError as exc:
+        raise DatamodelsError(f"cannot read {path} ({_first_line(exc)})") from None
     if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
         raise DatamodelsError(f"{path} was written by an incompatible version; delete {data_dir} and prepare again")
+    problem = _meta_problem(meta)
+    if problem:
+        raise DatamodelsError(f"{path} is damaged: {problem}; delete {data_dir} and prepare again")
     return meta
+
+
+def _meta_problem(meta: dict):
+    """What is wrong with the fields of a ``meta.json`` that readers rely on, or None."""
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    for key in ("num_train", "num_test", "num_classes"):
+        if not count(meta.get(key)):
+            return f"{key} must be a positive integer, got {json.dumps(meta.get(key))[:40]}"
+    shape = meta.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(count(d) for d in shape)):
+        return f"image_shape must be [height, width, channels], got {json.dumps(shape)[:60]}"
+    if meta.get("image_dtype") not in IMAGE_DTYPES:
+        return f"image_dtype must be one of {', '.join(IMAGE_DTYPES)}, got {json.dumps(meta.get('image_dtype'))[:40]}"
+    if meta.get("image_field") not in IMAGE_FIELDS:
+        return f"image_field must be one of {', '.join(IMAGE_FIELDS)}, got {json.dumps(meta.get('image_field'))[:40]}"
+    return None
 
 
 @contextlib.contextmanager
@@ -146,6 +172,13 @@ def read_arrays(data_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
     if split not in SPLITS or not path.is_file():
         return load_arrays(data_dir, split)
     check_beton(data_dir, meta, split)
+    try:
+        return _read_tables(data_dir, meta, split, path)
+    except (ValueError, IndexError) as exc:  # tables that point outside the file
+        raise DatamodelsError(f"{path} is corrupt ({_first_line(exc)}); delete {data_dir} and prepare again") from None
+
+
+def _read_tables(data_dir, meta: dict, split: str, path: Path) -> Tuple[np.ndarray, np.ndarray]:
     num = int(meta[f"num_{split}"])
     shape = tuple(int(d) for d in meta["image_shape"])
     raw = np.memmap(path, dtype=np.uint8, mode="r")
@@ -168,6 +201,8 @@ def read_arrays(data_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
     else:
         pointers, dtype = images_meta, np.dtype(meta["image_dtype"])
     size = int(np.prod(shape)) * dtype.itemsize
+    if len(rows) != num or (len(pointers) and int(pointers.max()) > len(raw) - size):
+        raise ValueError("its example table points past the end of the file")
     images = np.empty((num, size), dtype=np.uint8)
     for i, at in enumerate(pointers.tolist()):
         images[i] = raw[at:at + size]
@@ -289,7 +324,8 @@ def check_beton(data_dir, meta: dict, split: str) -> None:
             if expected is not None and len(table) != int(expected):
                 raise DatamodelsError(f"{path} is truncated ({size} bytes): its allocation table lists "
                                       f"{len(table)} of {expected} examples; {advice}")
-            if len(table) and int((table["ptr"] + table["size"]).max()) > table_at:
+            # compared without adding: uint64 sums can wrap around
+            if len(table) and ((table["ptr"] > table_at) | (table["size"] > table_at - table["ptr"])).any():
                 raise DatamodelsError(f"{path} is corrupt: its allocation table points past the data; {advice}")
     except OSError as exc:
         raise DatamodelsError(f"cannot read {path} ({_first_line(exc)})") from None
@@ -308,7 +344,7 @@ def _load(data, settings) -> Tuple[Tuple[Split, Split], int, str]:
     if data.source == "npz":
         train, test = _load_npz(path)
         return (train, test), int(max(train.labels.max(), test.labels.max())) + 1, "ndarray"
-    train, test, num_classes = _load_cifar10(path)
+    train, test, num_classes = load_cifar10(path)
     return (train, test), num_classes, "rgb"
 
 
@@ -338,7 +374,7 @@ def _load_npz(path: Path) -> Tuple[Split, Split]:
         raise DatamodelsError(f"data.path: {path} is not a file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
         raise DatamodelsError(f"{path} is not a valid .npz file ({_first_line(exc)})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DatamodelsError(f"{path} is not a valid .npz file (it holds a single array, not named arrays)")
@@ -350,8 +386,14 @@ def _load_npz(path: Path) -> Tuple[Split, Split]:
         for key in NPZ_KEYS:
             try:
                 arrays[key] = archive[key]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            except MemoryError:
+                raise DatamodelsError(f"{path}: cannot read {key} (its header asks for more memory than there "
+                                      f"is: damaged?)") from None
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+                    RuntimeError) as exc:  # e.g. pickled objects, a damaged or encrypted member
                 raise DatamodelsError(f"{path}: cannot read {key} ({_first_line(exc)})") from None
+            if not isinstance(arrays[key], np.ndarray):  # a member without a .npy header reads as bytes
+                raise DatamodelsError(f"{path}: {key} is not a numpy array (not a .npy member)")
     splits = [_check_split(name, arrays[f"x_{name}"], arrays[f"y_{name}"]) for name in SPLITS]
     train, test = splits
     if train.images.shape[1:] != test.images.shape[1:]:
@@ -376,8 +418,11 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray) -> Split:
         raise DatamodelsError(f"{name} split is empty: {xk} and {yk} have no examples")
     if y.dtype.kind not in "iu":
         raise DatamodelsError(f"{yk} must hold integer class labels, got dtype {y.dtype}")
-    if y.min() < 0:
+    if int(y.min()) < 0:
         raise DatamodelsError(f"{yk} has negative labels (min {int(y.min())}); labels must be 0, 1, 2, ...")
+    if int(y.max()) > MAX_LABEL:  # Python integers: a uint64 label must not wrap to a negative int64
+        raise DatamodelsError(f"{yk} has label {int(y.max())}, beyond the largest class index {MAX_LABEL}; "
+                              f"labels must be 0, 1, 2, ... (one per class)")
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[3] not in (1, 3) or 0 in x.shape[1:]:
@@ -391,127 +436,13 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray) -> Split:
             raise DatamodelsError(f"{xk} has integer pixels outside 0..255 ({x.dtype}); store them as uint8 or float")
         x = x.astype(np.uint8)
     elif x.dtype.kind == "f":
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+            x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise DatamodelsError(f"{xk} has NaN or infinite values (after conversion to float32)")
     else:
         raise DatamodelsError(f"{xk} must hold uint8 or floating-point pixels, got dtype {x.dtype}")
     return Split(np.ascontiguousarray(x), y.astype(np.int64))
-
-
-def _load_cifar10(path: Path) -> Tuple[Split, Split, int]:
-    blobs = _cifar_blobs(path)
-    batches = {name: _cifar_batch(name, blobs[name]) for name in CIFAR_BATCHES}
-    num_classes = 10
-    if CIFAR_META in blobs:
-        meta = _unpickle(CIFAR_META, blobs[CIFAR_META])
-        names = meta.get(b"label_names") if isinstance(meta, dict) else None
-        if not isinstance(names, list) or not names:
-            raise DatamodelsError(f"CIFAR-10 {CIFAR_META} is corrupt: it has no label_names list")
-        num_classes = len(names)
-    for name, (_, labels) in batches.items():
-        if labels.max() >= num_classes:
-            raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: label {int(labels.max())} is not below "
-                                  f"the {num_classes} classes")
-    train_names = CIFAR_BATCHES[:-1]
-    train = Split(np.concatenate([batches[n][0] for n in train_names]),
-                  np.concatenate([batches[n][1] for n in train_names]))
-    test = Split(*batches["test_batch"])
-    return train, test, num_classes
-
-
-def write_cifar10(archive: Path, batches: Dict[str, Tuple[np.ndarray, np.ndarray]], compress: bool = True) -> Path:
-    """Write ``batches`` ({name: (data uint8 [n, 3072] as R, G, B planes, labels [n])}, one per
-    name in CIFAR_BATCHES) as a CIFAR-10 python archive: what ``prepare`` reads, for synthetic
-    data sets in tests and benchmarks."""
-    blobs = {name: pickle.dumps({b"data": data, b"labels": [int(v) for v in labels]}, protocol=2)
-             for name, (data, labels) in batches.items()}
-    blobs[CIFAR_META] = pickle.dumps({b"label_names": [f"class{i}".encode() for i in range(10)]}, protocol=2)
-    with tarfile.open(archive, "w:gz" if compress else "w") as tar:
-        for name, blob in blobs.items():
-            info = tarfile.TarInfo(f"{CIFAR_DIR}/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return archive
-
-
-def _cifar_blobs(path: Path) -> Dict[str, bytes]:
-    """The raw bytes of the batch files (and batches.meta when present), by base name."""
-    wanted = CIFAR_BATCHES + (CIFAR_META,)
-    blobs: Dict[str, bytes] = {}
-    if path.is_dir():
-        folder = path / CIFAR_DIR if (path / CIFAR_DIR).is_dir() else path
-        if not (folder / CIFAR_BATCHES[0]).is_file():
-            raise DatamodelsError(f"data.path: {path} is neither a {CIFAR_DIR} folder nor its parent "
-                                  f"(no {CIFAR_BATCHES[0]} found)")
-        for name in wanted:
-            if (folder / name).is_file():
-                blobs[name] = (folder / name).read_bytes()
-        where = str(folder)
-    else:
-        where = str(path)
-        try:
-            # One pass in archive order: seeking backwards in a gzip stream decompresses it again.
-            # Members are read into memory, never extracted, so odd member paths cannot escape.
-            with tarfile.open(path, "r:*") as tar:
-                for member in tar:
-                    name = member.name[2:] if member.name.startswith("./") else member.name
-                    base = name[len(CIFAR_DIR) + 1:] if name.startswith(CIFAR_DIR + "/") else None
-                    if base in wanted and member.isfile():
-                        blobs[base] = tar.extractfile(member).read()
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise DatamodelsError(f"{path} is not a valid CIFAR-10 archive ({_first_line(exc)})") from None
-    missing = [name for name in CIFAR_BATCHES if name not in blobs]
-    if missing:
-        shown = ", ".join(f"{CIFAR_DIR}/{name}" for name in missing)
-        raise DatamodelsError(f"{where} is not a complete CIFAR-10 archive: {shown} missing")
-    return blobs
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """The CIFAR-10 batches are pickles; allow only what they contain (dicts, lists, bytes and
-    numpy arrays), so a doctored file cannot run code."""
-
-    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar")}
-
-    def find_class(self, module, name):
-        if module.startswith("numpy.core"):  # pickles from numpy 1.x name the pre-2.0 module
-            module = "numpy._core" + module[len("numpy.core"):]
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _unpickle(name: str, blob: bytes):
-    try:
-        return _SafeUnpickler(io.BytesIO(blob), encoding="bytes").load()
-    except Exception as exc:  # a damaged pickle fails in many ways
-        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: cannot unpickle it ({_first_line(exc)})") from None
-
-
-def _cifar_batch(name: str, blob: bytes) -> Tuple[np.ndarray, np.ndarray]:
-    """Images [n, 32, 32, 3] uint8 (HWC) and labels of one batch, checked."""
-    batch = _unpickle(name, blob)
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: it is not a dict with data and labels")
-    data, labels = batch[b"data"], batch[b"labels"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        shape = list(data.shape) if isinstance(data, np.ndarray) else type(data).__name__
-        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: data must be uint8 [n, 3072], got {shape}")
-    try:
-        labels = np.asarray(labels)
-    except Exception:
-        labels = np.asarray([])
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
-        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: labels must be {len(data)} integers")
-    if len(data) == 0:
-        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: it is empty")
-    if labels.min() < 0:
-        raise DatamodelsError(f"CIFAR-10 batch {name} is corrupt: it has negative labels")
-    # Stored as planes (all red, then green, then blue); FFCV's RGB field wants H×W×3.
-    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return images, labels.astype(np.int64)
 
 
 # ---- writing ----------------------------------------------------------------------------------

@@ -261,7 +261,64 @@ BAD = {
     "cifar label range": (cifar_case(batches={"data_batch_4": pickle.dumps(
         {b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, protocol=2)}), ["data_batch_4 is corrupt"]),
     "cifar not a cifar folder": (empty_folder, ["no data_batch_1"]),
+    # -- every class of value problem: labels that would wrap, non-numbers, objects, odd dtypes --
+    "npz uint64 label overflow": (npz_case(y_train=np.array([0, 1, 2, 2**64 - 1] + [0] * 6, np.uint64)),
+                                  ["y_train", "label 18446744073709551615", "beyond"]),
+    "npz huge int64 label": (npz_case(y_test=np.array([0, 1, 2, 2**40])), ["y_test", "label 1099511627776"]),
+    "npz bool labels": (npz_case(y_train=np.arange(10) % 2 == 0), ["y_train", "integer", "bool"]),
+    "npz string labels": (npz_case(y_test=np.array(["a", "b", "c", "a"])), ["y_test", "integer", "<U1"]),
+    "npz 2-column labels": (npz_case(y_train=np.zeros((10, 2), np.int64)), ["y_train", "1-D", "[10, 2]"]),
+    "npz object images": (npz_case(x_train=np.array([object()] * 10)), ["cannot read x_train", "allow_pickle"]),
+    "npz object labels": (npz_case(y_test=np.array([0, 1, 2, None], dtype=object)), ["cannot read y_test"]),
+    "npz member not .npy": (lambda p: ("npz", _zip_with(p / "d.npz", x_train=b"raw bytes")),
+                            ["x_train is not a numpy array"]),
+    "npz complex pixels": (npz_case(x_test=np.zeros((4, 4, 4), np.complex64)), ["x_test", "uint8 or floating"]),
+    "npz string pixels": (npz_case(x_test=np.full((4, 4, 4), "a")), ["x_test", "uint8 or floating"]),
+    "npz float64 beyond float32": (npz_case(x_train=np.full((10, 4, 4), 1e300)), ["x_train", "infinite"]),
+    "npz negative int pixels": (npz_case(x_test=np.full((4, 4, 4), -1, np.int16)), ["x_test", "0..255"]),
+    "npz flat images": (npz_case(x_train=np.zeros((10, 16), np.uint8)), ["x_train", "[16]"]),
+    "npz scalar images": (npz_case(x_train=np.array(3, np.uint8)), ["x_train", "shapes []"]),
+    "npz empty image": (npz_case(x_train=np.zeros((10, 0, 4), np.uint8)), ["x_train", "[0, 4, 1]"]),
+    "npz structured labels": (npz_case(y_test=np.zeros(4, [("a", "<i4")])), ["y_test", "integer"]),
+    "cifar uint64 label": (cifar_case(batches={"data_batch_1": pickle.dumps(
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": np.array([2**64 - 1], np.uint64)}, protocol=2)}),
+        ["data_batch_1 is corrupt", "18446744073709551615"]),
+    "cifar label beyond int64": (cifar_case(batches={"data_batch_2": pickle.dumps(
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": [2**70]}, protocol=2)}), ["data_batch_2 is corrupt"]),
+    "cifar float labels": (cifar_case(batches={"data_batch_3": pickle.dumps(
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0.5]}, protocol=2)}), ["data_batch_3 is corrupt"]),
+    "cifar float data": (cifar_case(batches={"data_batch_3": pickle.dumps(
+        {b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, protocol=2)}), ["data_batch_3 is corrupt", "uint8"]),
+    "cifar batch not a dict": (cifar_case(batches={"test_batch": pickle.dumps([1, 2], protocol=2)}),
+                               ["test_batch is corrupt", "not a dict"]),
+    "cifar empty batch": (cifar_case(batches={"test_batch": pickle.dumps(
+        {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=2)}), ["test_batch is corrupt"]),
+    "cifar meta without names": (cifar_case(batches={"batches.meta": pickle.dumps({b"x": 1}, protocol=2)}),
+                                 ["batches.meta is corrupt"]),
+    "cifar truncated archive": (lambda p: ("cifar10", _truncated_archive(p)), ["not a valid CIFAR-10 archive"]),
 }
+
+
+def _zip_with(path, **members):
+    """An .npz-like zip whose members are raw bytes, not .npy files."""
+    import zipfile
+
+    good = good_npz()
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, value in good.items():
+            if key not in members:
+                buffer = io.BytesIO()
+                np.save(buffer, value)
+                archive.writestr(f"{key}.npy", buffer.getvalue())
+        for key, blob in members.items():
+            archive.writestr(key, blob)
+    return str(path)
+
+
+def _truncated_archive(root):
+    archive, _, _ = make_cifar(root)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    return str(archive)
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -333,3 +390,55 @@ def test_read_meta_without_data(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"version": 99}))
     with pytest.raises(DatamodelsError, match="incompatible version"):
         read_meta(tmp_path)
+
+
+# ---- damaged prepared data ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(num_train="10"), "num_train must be a positive integer"),
+    (lambda m: m.update(num_test=-1), "num_test must be a positive integer"),
+    (lambda m: m.update(num_classes=True), "num_classes must be a positive integer"),
+    (lambda m: m.update(image_shape=[8, 8]), "image_shape must be [height, width, channels]"),
+    (lambda m: m.update(image_dtype="object"), "image_dtype must be one of uint8, float32"),
+    (lambda m: m.pop("image_field"), "image_field must be one of ndarray, rgb"),
+])
+def test_damaged_meta_is_a_one_line_error(digits_dir, tmp_path, change, message):
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(digits_dir, data_dir)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    change(meta)
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    for read in (read_meta, lambda d: read_arrays(d, "train")):
+        with pytest.raises(DatamodelsError) as info:
+            read(data_dir)
+        assert f"meta.json is damaged: {message}" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "\"text\"", "{\"version\": 1", "\xff\xfe"])
+def test_meta_that_is_not_a_json_object_is_a_one_line_error(tmp_path, content):
+    (tmp_path / "meta.json").write_bytes(content.encode("latin-1"))
+    with pytest.raises(DatamodelsError, match="not valid JSON|incompatible version") as info:
+        read_meta(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_beton_whose_example_table_points_past_the_file_is_a_one_line_error(digits_dir, tmp_path):
+    """The allocation table is intact (check_beton passes) but the per-example pointers are garbage."""
+    import shutil
+
+    import importlib
+
+    prepare_lib = importlib.import_module("datamodels.prepare")
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(digits_dir, data_dir)
+    path = data_dir / "train.beton"
+    raw = bytearray(path.read_bytes())
+    table_at = prepare_lib._FFCV_HEADER.itemsize + 2 * prepare_lib._FFCV_FIELD.itemsize
+    raw[table_at:table_at + 8] = (2**63).to_bytes(8, "little")  # example 0's image pointer
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DatamodelsError, match="train.beton is corrupt .*points past the end") as info:
+        read_arrays(data_dir, "train")
+    assert "\n" not in str(info.value)
