@@ -1,4 +1,6 @@
+import inspect
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -70,28 +72,49 @@ def run_config(tmp_path, prepared_digits):
 
 # ---- unit and integration tests ----------------------------------------------------------------
 # An integration test starts Ray or reads/writes FFCV files; every other test is a unit test.
-# `make test` runs both; `make test-fast` (-m "not integration") runs the unit tests alone.
-# Fixtures that start Ray or write FFCV files: a test that uses one, directly or through another
-# fixture, is integration.
-INTEGRATION_FIXTURES = {
-    "ray_local", "prepared_digits", "run_config",
-    "_ray_shutdown_at_exit",  # asked for by module fixtures that start Ray for their tests
-    "tiny_run",  # test_cli, test_report: `datamodels run` end to end
-    "digits_dir", "cifar", "cifar_dir",  # test_prepare, test_workers: prepared .beton files
-}
-# Modules whose tests write .beton files or start Ray clusters through their own helpers.
-INTEGRATION_MODULES = {"test_prepare.py", "test_faults.py"}
-# Single tests that start Ray themselves.
-INTEGRATION_TESTS = {"test_sweep.py::test_a_local_ray_it_started_stops_monitor_first_and_leaves_nothing"}
+# `make test` runs both; `make test-fast` (-m "not integration") runs the unit tests alone.  A test
+# is integration when it is marked so (or its module sets `pytestmark`), when it uses a fixture
+# below, or when its code, its fixtures' code or the test-suite helpers they call do one of
+# INTEGRATION_CALLS: the marks follow the tests as they are written, without a list to keep.
+INTEGRATION_FIXTURES = {"ray_local", "prepared_digits", "run_config", "_ray_shutdown_at_exit"}
+INTEGRATION_CALLS = re.compile("|".join([
+    r"\bray\.init\(", r"\bray_session\(", r"\bcluster_utils\b",  # Ray
+    r"(?<!\w)sweep\(", r"\btrain_masks\(", r"\bdatamodels\.run\(", r"\bpipeline import run\b",  # training
+    r"\bverify=[1-9]",  # analyses that retrain
+    r"(?<!\w)prepare\(", r"\bffcv\b", r"\bload_split\(",  # FFCV files
+    r"(cli|main)\(\[?[\"'](run|sweep|prepare)[\"']", r"datamodels\.cli[\"'], [\"'](run|sweep|prepare)[\"']",  # the CLI
+]))
+
+
+def _code_of(item):
+    """The source of the test, of its fixtures, and of the functions of the test suite they call."""
+    defs = item._fixtureinfo.name2fixturedefs
+    todo = [item.function] + [defs[name][-1].func for name in item.fixturenames if name in defs]
+    seen, sources = set(), []
+    while todo:
+        func = todo.pop()
+        if not inspect.isfunction(func) or inspect.unwrap(func) in seen:
+            continue
+        func = inspect.unwrap(func)
+        seen.add(func)
+        try:
+            if HERE not in Path(inspect.getsourcefile(func)).resolve().parents:
+                continue  # pytest's own fixtures (tmp_path, monkeypatch, ...)
+            sources.append(inspect.getsource(func))
+        except (OSError, TypeError):
+            continue
+        codes = [func.__code__]
+        while codes:  # names used in the function and in its nested functions and lambdas
+            code = codes.pop()
+            todo.extend(func.__globals__.get(name) for name in code.co_names)
+            codes.extend(c for c in code.co_consts if inspect.iscode(c))
+    return "\n".join(sources)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.path.name
-        name = f"{module}::{getattr(item, 'originalname', item.name)}"
-        if (item.get_closest_marker("integration") is None
-                and (INTEGRATION_FIXTURES & set(item.fixturenames) or module in INTEGRATION_MODULES
-                     or name in INTEGRATION_TESTS)):
+        if item.get_closest_marker("integration") is None and (
+                INTEGRATION_FIXTURES & set(item.fixturenames) or INTEGRATION_CALLS.search(_code_of(item))):
             item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.unit)
