@@ -428,7 +428,7 @@ class Store:
         p = self.path / name
         where = f"store {self.path}: {name}"
         if not p.is_file():
-            raise DatamodelsError(f"{where} is missing")
+            raise DatamodelsError(f"{where} is a directory, not a .npy file" if p.is_dir() else f"{where} is missing")
         # The header is checked against spec.json, and the file's length against the header,
         # before mapping: numpy's own errors for a damaged file are neither one line nor clear.
         file_shape, fortran, file_dtype, offset = read_npy_header(p, where)

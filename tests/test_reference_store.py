@@ -192,3 +192,24 @@ def test_scores_orientation_and_sign(ref):
     bad[3, 4] = np.nan
     with pytest.raises(DatamodelsError, match="1 non-finite values.*training example 3, target 4"):
         lds(store, scores=bad, eval_rows="600:680")
+
+
+@pytest.mark.parametrize("key", ["../victim", "../../victim", "/tmp/victim", "sub/victim", "..", "_completed"])
+def test_an_external_spec_naming_files_outside_the_store_is_refused_before_opening_any(ref, tmp_path, key,
+                                                                                        monkeypatch):
+    root, spec, store, truth = ref
+    victim = store.parent / "victim.npy"
+    np.save(victim, np.zeros((M, 2), np.float32))
+    before = digest(store.parent), digest(store)
+    bad = json.loads(spec.read_text())
+    bad["schema"][key] = {"shape": [2], "dtype": "float32"}
+    bad_path = tmp_path / "bad_spec.json"
+    bad_path.write_text(json.dumps(bad))
+    opened = []
+    monkeypatch.setattr("datamodels.store.read_npy_header", lambda p, where: opened.append(p))
+    for mode in ("r", "r+"):
+        with pytest.raises(DatamodelsError, match="is not a plain name") as info:
+            Store(store, mode=mode, spec=bad_path)
+        assert str(bad_path) in str(info.value) and "\n" not in str(info.value)
+    assert opened == [] and (digest(store.parent), digest(store)) == before
+    victim.unlink()

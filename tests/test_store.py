@@ -119,3 +119,150 @@ def test_damaged_store_gives_one_line_error(tmp_path, damage, message):
     with pytest.raises(DatamodelsError, match=message) as info:
         Store(tmp_path / "store")
     assert "\n" not in str(info.value)
+
+
+# ---- every kind of damage is one line naming the file and the problem --------------------------
+
+def _npy(array):
+    def damage(p, name):
+        with open(p / name, "wb") as f:
+            np.save(f, array)
+    return damage
+
+
+def _bytes(make):
+    def damage(p, name):
+        (p / name).write_bytes(make((p / name).read_bytes()))
+    return damage
+
+
+def _into_dir(p, name):
+    (p / name).unlink()
+    (p / name).mkdir()
+
+
+NPY_DAMAGE = {
+    "truncated": (_bytes(lambda b: b[: len(b) - 3]), "is truncated"),
+    "cut in the header": (_bytes(lambda b: b[:20]), "not a .npy file"),
+    "garbage": (_bytes(lambda b: bytes(range(256)) * 2), "not a .npy file (no .npy header)"),
+    "empty": (_bytes(lambda b: b""), "not a .npy file"),
+    "garbage header": (_bytes(lambda b: b[:10] + b"{'descr': ???" + b[23:]), "damaged header"),
+    "wrong dtype": (None, "has dtype"),
+    "wrong shape": (None, "has shape"),
+    "one dimension too many": (None, "has shape"),
+    "object dtype": (_npy(np.array([None] * 4, dtype=object)), "holds Python objects"),
+    "scalar": (_npy(np.array(1.5)), "has"),
+    "a directory": (_into_dir, "is a directory"),
+}
+WRONG = {"masks.npy": {"wrong dtype": np.zeros((4, 30), np.uint8), "wrong shape": np.zeros((4, 31), bool),
+                       "one dimension too many": np.zeros((4, 30, 1), bool)},
+         "margins.npy": {"wrong dtype": np.zeros((4, 4), np.float64), "wrong shape": np.zeros((3, 4), np.float32),
+                         "one dimension too many": np.zeros((4, 4, 2), np.float32)},
+         "_completed.npy": {"wrong dtype": np.zeros(4, np.int8), "wrong shape": np.zeros(2, bool),
+                            "one dimension too many": np.zeros((4, 1), bool)}}
+
+
+@pytest.mark.parametrize("name", ["masks.npy", "margins.npy", "_completed.npy"])
+@pytest.mark.parametrize("kind", list(NPY_DAMAGE))
+def test_each_damaged_npy_file_is_a_one_line_error_naming_it(tmp_path, name, kind):
+    store = make(tmp_path)
+    store.grow(4, 0)
+    del store
+    damage, message = NPY_DAMAGE[kind]
+    if damage is None:
+        damage = _npy(WRONG[name][kind])
+    path = tmp_path / "store"
+    damage(path, name)
+    for mode in ("r", "r+"):
+        with pytest.raises(DatamodelsError) as info:
+            Store(path, mode=mode)
+        text = str(info.value)
+        assert f"store {path}: {name}" in text and message in text and "\n" not in text, text
+
+
+def test_completion_flags_other_than_0_and_1_are_refused(tmp_path):
+    store = make(tmp_path)
+    store.grow(4, 0)
+    raw = bytearray((store.path / "_completed.npy").read_bytes())
+    raw[-2] = 2  # a bool byte of 2 reads as both done and, negated, not done
+    (store.path / "_completed.npy").write_bytes(bytes(raw))
+    with pytest.raises(DatamodelsError, match="_completed.npy is corrupt: it holds bytes other than 0 and 1"):
+        Store(store.path)
+
+
+def _spec(change):
+    def damage(p):
+        spec = json.loads((p / "spec.json").read_text())
+        out = change(spec)
+        (p / "spec.json").write_text(json.dumps(spec if out is None else out))
+    return damage
+
+
+SPEC_DAMAGE = {
+    "a list": (_spec(lambda s: [s]), "must hold a JSON object, got list"),
+    "a string": (_spec(lambda s: "spec"), "must hold a JSON object, got str"),
+    "null": (_spec(lambda s: 0) , "must hold a JSON object, got int"),
+    "num_models a string": (_spec(lambda s: s.update(num_models="4")), "non-negative integer num_models"),
+    "num_models true": (_spec(lambda s: s.update(num_models=True)), "non-negative integer num_models"),
+    "num_models negative": (_spec(lambda s: s.update(num_models=-4)), "non-negative integer num_models"),
+    "num_models overflows": (_spec(lambda s: s.update(num_models=10**30)), "more than any disk holds"),
+    "schema a list": (_spec(lambda s: s.update(schema=[])), "schema with 'masks' and 'margins'"),
+    "key with a path": (_spec(lambda s: s["schema"].update({"../../victim": {"shape": [2], "dtype": "bool_"}})),
+                        "schema key \"../../victim\" is not a plain name"),
+    "key with a slash": (_spec(lambda s: s["schema"].update({"a/b": {"shape": [2], "dtype": "bool_"}})),
+                         "is not a plain name"),
+    "key of the store's own file": (_spec(lambda s: s["schema"].update({"_completed": {"shape": [], "dtype": "bool_"}})),
+                                    "is not a plain name"),
+    "field a list": (_spec(lambda s: s["schema"].update(masks=[30])), "schema.masks needs a shape list"),
+    "negative shape": (_spec(lambda s: s["schema"]["margins"].update(shape=[-4])), "non-negative integers"),
+    "zero shape": (_spec(lambda s: s["schema"]["masks"].update(shape=[0])), "has a zero dimension"),
+    "float shape": (_spec(lambda s: s["schema"]["masks"].update(shape=[30.0])), "non-negative integers"),
+    "huge shape": (_spec(lambda s: s["schema"]["margins"].update(shape=[2**62])), "more than any disk holds"),
+    "object dtype": (_spec(lambda s: s["schema"]["margins"].update(dtype="O")), "not a numeric numpy dtype"),
+    "dtype a list": (_spec(lambda s: s["schema"]["margins"].update(dtype=[["a", "<f4"]])), "not a numeric"),
+    "dtype nonsense": (_spec(lambda s: s["schema"]["margins"].update(dtype="float33")), "not a numeric"),
+    "structured dtype": (_spec(lambda s: s["schema"]["margins"].update(dtype="f4,f4")), "not a numeric"),
+    "masks not bool": (_spec(lambda s: s["schema"]["masks"].update(dtype="uint8")), "masks.dtype must be"),
+    "margins not float": (_spec(lambda s: s["schema"]["margins"].update(dtype="int32")), "margins.dtype must be"),
+    "seed negative": (_spec(lambda s: s["datamodels"].update(seed=-1)), "seed must be an integer"),
+    "seed true": (_spec(lambda s: s["datamodels"].update(seed=True)), "seed must be an integer"),
+    "alpha true": (_spec(lambda s: s["datamodels"].update(alpha=True)), "alpha must be a number"),
+    "meta a list": (_spec(lambda s: s.update(datamodels=[])), "datamodels must be an object"),
+    "deeply nested": (lambda p: (p / "spec.json").write_text("[" * 100000 + "]" * 100000), "spec.json"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SPEC_DAMAGE))
+def test_each_malformed_spec_is_a_one_line_error_before_any_file_is_opened(tmp_path, kind, monkeypatch):
+    store = make(tmp_path)
+    store.grow(4, 0)
+    del store
+    path = tmp_path / "store"
+    damage, message = SPEC_DAMAGE[kind]
+    damage(path)
+    opened = []
+    import datamodels.store as store_lib
+
+    monkeypatch.setattr(store_lib, "read_npy_header", lambda p, where: opened.append(p))
+    with pytest.raises(DatamodelsError) as info:
+        Store(path)
+    text = str(info.value)
+    assert f"store {path}: spec.json" in text and message in text and "\n" not in text, text
+    assert opened == []
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "damaged"), ('{"x": "y"}', "damaged"), ("{", "damaged"), (None, "cannot read"),
+])
+def test_damaged_failures_file_is_a_one_line_error(tmp_path, content, message):
+    store = make(tmp_path)
+    store.grow(2, 0)
+    target = store.path / "_failures.json"
+    if content is None:
+        target.mkdir()
+    else:
+        target.write_text(content)
+    for call in (lambda: Store(store.path).failures(), lambda: store.record_failures({0: "x"})):
+        with pytest.raises(DatamodelsError, match=f"_failures.json.*{message}|{message}.*_failures.json") as info:
+            call()
+        assert "\n" not in str(info.value)
