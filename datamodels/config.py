@@ -147,6 +147,8 @@ def load(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ())
         dotlist = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
         raise DatamodelsError(f"bad override: {_one_line(exc)}") from None
+    except Exception as exc:  # values are parsed as YAML, whose errors come in many types
+        raise DatamodelsError(f"bad override: {_first_line(exc)} in {' '.join(map(repr, overrides))}") from None
     layers.append(_checked_layer(dotlist, "override"))
     return _validated(_merge(layers))
 

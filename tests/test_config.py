@@ -126,3 +126,21 @@ def test_precision_auto_is_resolved_once_and_explicit_values_win(tmp_path, monke
     for explicit in ("float32", "bfloat16"):
         worker, _ = resolve_worker(config.from_dict(tiny_config(tmp_path, worker={"precision": explicit})), meta)
         assert worker["precision"] == explicit
+
+
+def test_one_run_validates_its_config_once(run_config, ray_local, monkeypatch):
+    """``datamodels run`` checks the config once; every stage after it is handed the checked one."""
+    from datamodels.cli import main
+
+    calls = []
+    real = config.validate
+
+    def counted(cfg):
+        calls.append(1)
+        return real(cfg)
+
+    monkeypatch.setattr(config, "validate", counted)
+    overrides = [f"{section}.{key}={value}" for section in ("data", "sweep", "worker", "fit")
+                 for key, value in run_config[section].items()]
+    assert main(["run", "configs/digits.yaml", f"out={run_config['out']}", *overrides]) == 0
+    assert len(calls) == 1
