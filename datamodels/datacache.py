@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 from .errors import DatamodelsError
+from .files import file_digest
 
 DATA_FILES = ("train.beton", "test.beton", "meta.json")
 
@@ -29,14 +30,6 @@ DATA_FILES = ("train.beton", "test.beton", "meta.json")
 # process: a task reuses a check while the files are untouched (a changed file changes its ctime,
 # which no one can set back), instead of hashing the data set again for every task.
 _VERIFIED: Dict[Tuple[str, str], tuple] = {}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def digest_of(hashes: Dict[str, str]) -> str:
@@ -99,7 +92,7 @@ def verified(target: Path, digest: str) -> bool:
         signature = tuple(_signature(target / name) for name in DATA_FILES)
         if _VERIFIED.get((str(target), digest)) == signature:
             return True
-        hashes = {name: file_sha256(target / name) for name in DATA_FILES}
+        hashes = {name: file_digest(target / name) for name in DATA_FILES}
         if tuple(_signature(target / name) for name in DATA_FILES) != signature:
             return False  # changed while being hashed
     except OSError:
