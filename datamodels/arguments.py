@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import MAX_COUNT, MAX_SEED, check_address
 from .errors import DatamodelsError
-from .files import check_output, npz_with_keys, text_with_marker
+from .files import DATAMODELS_KEYS, REPORT_MARKER, check_output, npz_with_keys, text_with_marker
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,10 +74,6 @@ def existing(what: str, path, *, directory: bool = False):
         raise DatamodelsError(f"{what} {path} is a directory, not a file")
 
 
-# The arrays of a datamodels .npz (datamodels.fit): an existing --out with them is one fit wrote.
-DATAMODELS_KEYS = ("weight", "bias", "targets")
-
-
 def check_fit_args(args) -> None:
     """The fit options given on the command line, and its output and inputs, checked before anything
     is read or written."""
@@ -119,6 +115,3 @@ def check_report_out(args, methods: dict) -> None:
               *methods.values()]
     check_output(out, inputs, args.force, produced=text_with_marker(REPORT_MARKER))
 
-
-# The report's page starts with this title (datamodels/templates/report.html.j2).
-REPORT_MARKER = "<title>Datamodels report:"

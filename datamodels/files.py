@@ -21,6 +21,10 @@ PathLike = Union[str, os.PathLike]
 # The files that make a directory a store (datamodels.store's layout): its own files are written
 # only by the sweep, under the store's lock, never by another command's --out.
 STORE_MARKERS = ("spec.json", "_completed.npy")
+# What the commands' own outputs hold, so that an existing file of the user's is never taken for one:
+# the arrays of a datamodels .npz, and the title the report's page starts with.
+DATAMODELS_KEYS = ("weight", "bias", "targets")
+REPORT_MARKER = "<title>Datamodels report:"
 
 
 def _new_file_mode() -> int:

@@ -8,13 +8,11 @@ from pathlib import Path
 
 from . import config as config_lib
 from .errors import DatamodelsError
-from .files import atomic_write_text, check_output, json_with_keys, npz_with_keys, store_directory, text_with_marker
+from .files import (DATAMODELS_KEYS, REPORT_MARKER, atomic_write_text, check_output, json_with_keys, npz_with_keys,
+                    store_directory, text_with_marker)
 
 log = logging.getLogger("datamodels")
-# What an existing output of a run holds, so one that is not (a file of the user's) is never replaced.
-DATAMODELS_KEYS = ("weight", "bias", "targets")
-METRICS_KEYS = ("lds", "num_models")
-REPORT_MARKER = "<title>Datamodels report:"
+METRICS_KEYS = ("lds", "num_models")  # what an earlier call's metrics.json holds
 
 
 def run(config=None, *, address=None, progress: bool = True, report: bool = True) -> dict:
@@ -28,12 +26,12 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
     from .prepare import prepare, read_meta
     from .sweep import sweep
 
-    from .cluster import check_reachable
+    from .cluster import check_cluster, task_request
 
     cfg = config_lib.coerce(config)
     out = Path(cfg.out)
     saved = check_run_directory(cfg, report=report)
-    check_reachable(address or cfg.sweep.address)  # before anything is written
+    check_cluster(address or cfg.sweep.address, task_request(cfg.sweep))  # before anything is written
     times = {}
 
     t = time.time()

@@ -60,7 +60,7 @@ def make_base(root: Path, prepared: Optional[Path] = None) -> Path:
     """``root/run``: prepared data, a store whose 24 models are all complete (so a sweep with
     the same config has nothing to train and never starts Ray), and datamodels for 20 targets."""
     from datamodels import config as config_lib
-    from datamodels.fit import fit
+    from datamodels.regression import fit
     from datamodels.prepare import prepare, read_meta
     from datamodels.store import model_seeds
     from datamodels.sweep import open_store, run_task
@@ -403,6 +403,43 @@ CASES = [
          "--scores", "{run}/scores.csv"], "is not a readable .npy file", make=write("scores.csv", "1,2\n3,4\n")),
     Case("report-scores-syntax", "`report --scores` without a name", ["report", "{run}", "--scores", "{run}/s.npy"],
          "--scores must look like NAME=FILE"),
+    # -- values the types let through, and outputs that would destroy inputs ----------------------
+    Case("config-section-not-mapping", "a section that is not a mapping (a list under `worker:`)",
+         ["sweep", "{config}"], "the worker section must be a mapping of settings",
+         make=lambda c: c.config.write_text(good_config(c).split("worker:")[0] + "worker: [1, 2]\n")),
+    Case("config-seed-negative", "a negative `seed`", ["sweep", "{config}", "seed=-1"],
+         "seed must be in 0..4294967295"),
+    Case("config-seed-overflow", "a `seed` beyond 32 bits", ["sweep", "{config}", "seed=18446744073709551615"],
+         "seed must be in 0..4294967295"),
+    Case("config-count-overflow", "a count beyond what a store can hold", ["sweep", "{config}",
+         "sweep.num_models=99999999999999999999"], "sweep.num_models is too large"),
+    Case("config-not-finite", "NaN or infinity for a number", ["sweep", "{config}", "sweep.cpus_per_task=inf"],
+         "sweep.cpus_per_task must be a finite number"),
+    Case("config-worker-value", "a worker setting out of range", ["sweep", "{config}", "worker.batch_size=0"],
+         "worker.batch_size must be >= 1"),
+    Case("config-worker-name-path", "`worker.name` that is not a module name", ["sweep", "{config}", "worker.name=.."],
+         "worker.name must name a worker module"),
+    Case("config-address-malformed", "`sweep.address` that is not HOST:PORT", ["sweep", "{config}",
+         "sweep.address=nothere"], "sweep.address must be auto, local, HOST:PORT"),
+    Case("override-unparsable", "an override value YAML cannot read", ["sweep", "{config}", "seed=\t"],
+         "bad override"),
+    Case("argument-not-a-number", "`status --budget` that is not a whole number", ["status", "{store}", "--budget",
+         "1e30"], "argument --budget: must be a whole number"),
+    Case("argument-not-finite", "`status --lds nan`", ["status", "{store}", "--lds", "nan"],
+         "argument --lds: must be a finite number"),
+    Case("argument-unknown", "an option the command does not have", ["status", "{store}", "--bogus"],
+         "unrecognized arguments: --bogus"),
+    Case("run-config-differs", "`run` of an existing run with other data settings",
+         ["run", "{run}/config.yaml", "out={run}", "data.source=npz", "data.path=/missing.npz"],
+         "config differs from the run's", make=lambda c: (c.run / "config.yaml").write_text(good_config(c))),
+    Case("run-seed-differs", "`run` of an existing run with another `seed`", ["run", "{config}", "seed=1"],
+         "seed 0 -> 1", make=lambda c: (c.run / "config.yaml").write_text(good_config(c))),
+    Case("fit-out-in-store", "`fit --out` a file inside the store", ["fit", "--store", "{store}", "--out",
+         "{store}/masks.npy"], "is inside the store"),
+    Case("fit-out-not-ours", "`fit --out` an existing file fit did not write", ["fit", "--store", "{store}", "--out",
+         "{run}/notes.txt"], "pass --force to replace it", make=write("notes.txt", "mine")),
+    Case("report-out-is-input", "`report --out` one of the report's inputs", ["report", "{run}", "--out",
+         "{run}/datamodels.npz"], "is one of this command's inputs"),
 ]
 
 
@@ -762,6 +799,19 @@ Some states look broken but are recovered from, because nothing is lost:
   `report`, say what is missing (rows `data-meta-missing`, `data-beton-missing`).
 - **A store grown further than its `spec.json` says** (a crash while adding rows): the extra
   rows are ignored and overwritten by the next sweep.
+- **`run` again with other sweep or fit settings** (more models, another `fit.num_lambdas`): the
+  run goes on with them; its `config.yaml` keeps the first call's settings and is never rewritten.
+  Settings that define the models (`seed`, `data.*`, `sweep.alpha`, `sweep.margins_dtype`,
+  `worker.*`) are refused instead (row `run-config-differs`).
+- **`--out` naming a file the command wrote before** (a datamodels `.npz` for `fit`, a report for
+  `report`) is replaced; any other existing file needs `--force`, and a file inside a store or one
+  of the command's own inputs is never written.
+
+## A config is code
+
+`worker.name` names a Python module, and every command that reads the config imports it (running
+its top-level code) and calls its `train`.  Use only configs, and worker modules on `sys.path`, that
+you trust as you would a script you run (see `datamodels/worker.py` for the contract).
 """
 
 
