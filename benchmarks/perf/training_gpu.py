@@ -184,7 +184,8 @@ def main(argv=None) -> dict:
     print(f"{info.get('gpu', 'cpu')}: {args.num_train} training images generated, "
           f"{step_flops / 1e9:.1f} GFLOP per training step", flush=True)
     report = {
-        "benchmark": "ResNet-9 on CIFAR-shaped data, models/hour, K models per task" + (" (smoke)" if args.smoke else ""),
+        "benchmark": "ResNet-9 on CIFAR-shaped data, models/hour, K models per task"
+                     + (" (smoke)" if args.smoke else ""),
         "card": info.get("gpu"), "torch": torch.__version__, **source_commit(),
         "machine": info,
         "settings": {**settings, "num_train": args.num_train, "num_test": args.num_test, "alpha": args.alpha,
