@@ -110,3 +110,15 @@ def test_configuration_page_lists_every_key():
     assert "sweep.num_models" in keys and "fit.prior_gamma" in keys and "worker.name" in keys
     missing = [k for k in keys if f"`{k}`" not in page]
     assert not missing, f"docs/configuration.md does not document {missing}"
+
+
+@pytest.mark.parametrize("worker", ["workers.mlp", "workers.cifar_resnet9"])
+def test_configuration_page_lists_every_setting_of_the_bundled_workers(worker):
+    import importlib
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    section = page[page.index(f"### `{worker}`"):]
+    section = section[:section.find("\n### ", 1) if "\n### " in section[1:] else len(section)]
+    missing = [f.name for f in dataclasses.fields(importlib.import_module(worker).Config)
+               if f"`worker.{f.name}`" not in section]
+    assert not missing, f"docs/configuration.md's {worker} section does not document {missing}"
