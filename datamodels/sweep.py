@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import config as config_lib
 from . import hardware
 from .errors import DatamodelsError
-from .cluster import check_reachable, ray_session
+from .cluster import check_cluster, needs_connection_first, ray_session, task_request
 from .store import Store, model_seed, model_seeds
 
 log = logging.getLogger("datamodels")
@@ -221,7 +221,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
     ``address`` (or ``sweep.address``) connects to an existing Ray cluster; otherwise a local
     Ray instance is started for the run and stopped after it.  Held-out (evaluation) models are
     trained first; every ``sweep.checkpoint_every`` fitting models the live LDS is measured
-    (``datamodels.checkpoints``).  ``until_lds`` / ``until_gain`` (or ``sweep.until_lds`` /
+    (``datamodels.live``).  ``until_lds`` / ``until_gain`` (or ``sweep.until_lds`` /
     ``sweep.until_gain``) stop the sweep early once the live LDS reaches that level, or once the
     forecast gain from doubling the models falls below it; the summary's ``stopped`` says why.
     """
@@ -234,12 +234,19 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
         values["sweep"].update({k: v for k, v in (("until_lds", until_lds), ("until_gain", until_gain))
                                 if v is not None})
         cfg = config_lib.from_dict(values)
-    check_reachable(address or cfg.sweep.address)  # before the store grows, not after
-    data_dir = prepare(cfg, progress=progress)
-    meta = read_meta(data_dir)
     s = cfg.sweep
+    address = address or s.address
+    request = task_request(s)
+    # Before any file is written (the prepared data, the store): the address is well formed and
+    # answers, and a node can run a task; a cluster to join is joined now to see its nodes.
+    check_cluster(address, request)
     started = time.time()
-    with ExitStack() as locked, ExitStack() as on_ray:
+    with ExitStack() as on_ray, ExitStack() as locked:
+        if needs_connection_first(address):
+            on_ray.enter_context(ray_session(address, request))
+        data_dir = prepare(cfg, progress=progress)
+        meta = read_meta(data_dir)
+
         def plan(on_allocated=None):
             """Grow the store; the unfinished rows and their tasks, held-out models first (so
             the live LDS is scored from the first checkpoint on; a stable sort: within each
@@ -257,7 +264,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
             locked.enter_context(store.lock())
             if store.num_models - store.num_eval < s.num_models or store.num_eval < s.num_eval_models:
                 # new rows to make: Ray starts meanwhile (and a resume starts it only if needed)
-                todo, tasks = _plan_while_connecting(plan, on_ray, address or s.address)
+                todo, tasks = _plan_while_connecting(plan, on_ray, address, request)
             else:
                 todo, tasks = plan()
         summary = {"store": str(store.path), "num_models": store.num_models,
@@ -288,7 +295,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
 
         try:
             if tasks:
-                on_ray.enter_context(ray_session(address or s.address))  # a no-op if connected above
+                on_ray.enter_context(ray_session(address, request))  # a no-op if connected above
                 summary.update(execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress,
                                        desc="sweep", worker=worker,
                                        should_stop=lambda: live is not None and live.stop is not None,
@@ -324,10 +331,19 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
     Seeds default to ones derived from the config's seed, disjoint from the store's models.
     Settings left ``auto`` take the values recorded in the store under ``out``, if there is one,
     so retrained models are made as the store's were."""
+    cfg = config_lib.coerce(config)
+    address = address or cfg.sweep.address
+    request = task_request(cfg.sweep)
+    check_cluster(address, request)  # before prepare writes anything
+    with ExitStack() as on_ray:
+        if needs_connection_first(address):
+            on_ray.enter_context(ray_session(address, request))
+        return _train_masks(cfg, masks, seeds, address, request, progress)
+
+
+def _train_masks(cfg, masks, seeds, address, request, progress) -> np.ndarray:
     from .prepare import prepare, read_meta
 
-    cfg = config_lib.coerce(config)
-    check_reachable(address or cfg.sweep.address)
     data_dir = prepare(cfg, progress=progress)
     meta = read_meta(data_dir)
     masks = np.asarray(masks, dtype=bool)
@@ -349,7 +365,7 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
     def on_failure(rows, message):
         errors.update({int(i): message for i in rows})
 
-    with ray_session(address or cfg.sweep.address):
+    with ray_session(address, request):  # a no-op if connected already
         execute(tasks, cfg, data_dir, num_targets, on_result, on_failure, progress, desc="retrain", worker=worker)
     if errors:
         first = next(iter(errors.values()))
@@ -357,12 +373,14 @@ def train_masks(config, masks: np.ndarray, seeds: Optional[np.ndarray] = None, *
     return out
 
 
-def _plan_while_connecting(plan: Callable, on_ray: ExitStack, address: Optional[str]):
+def _plan_while_connecting(plan: Callable, on_ray: ExitStack, address: Optional[str], request=None):
     """``plan(on_allocated)``'s result, with Ray connected (its session entered into ``on_ray``)
     meanwhile.  New rows' masks and seeds take ~70 us a model to make (seconds for a big sweep)
     and a local Ray takes seconds to start, so plan runs in a thread and Ray starts (on this,
     the main thread: Ray's driver needs it) as soon as plan reports that the store's files have
-    room: a full disk fails before Ray starts, the store unchanged."""
+    room: a full disk fails before Ray starts, the store unchanged.  Only a local instance starts
+    this way, its resources checked against the request before (``check_cluster``): a cluster
+    to join is joined, and checked, before the store grows."""
     allocated = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="datamodels-plan") as pool:
         planned = pool.submit(plan, allocated.set)
@@ -371,7 +389,7 @@ def _plan_while_connecting(plan: Callable, on_ray: ExitStack, address: Optional[
         if planned.done() and planned.exception() is not None:
             return planned.result()  # raises
         try:
-            on_ray.enter_context(ray_session(address))
+            on_ray.enter_context(ray_session(address, request))
         finally:
             result = planned.result()  # the store is whole before any error surfaces
     return result
@@ -399,8 +417,9 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
     digest, files = _data_payload(data_dir)
     payload_ref = [ray.put(files)]  # nested in a list: tasks fetch it only when their node lacks the data
     data = {"digest": digest, "targets": cfg.data.targets}
+    custom = {name: amount for name, amount in task_request(s).items() if name not in ("CPU", "GPU")}
     remote = ray.remote(run_task).options(num_cpus=s.cpus_per_task, num_gpus=s.gpus_per_task,
-                                          max_retries=0, retry_exceptions=False)
+                                          resources=custom or None, max_retries=0, retry_exceptions=False)
     resources = ray.cluster_resources()
     slots = max(1, int(resources.get("CPU", 1) // max(s.cpus_per_task, 1e-3)))
     if s.gpus_per_task > 0:
