@@ -203,11 +203,17 @@ def check_cluster(address: Optional[str], request: Optional[Request] = None) -> 
             check_request(request, _live_nodes())
         return
     if target is None:
-        if request:
-            offer = local_resources(request)
-            check_request(request, [{"NodeManagerAddress": LOOPBACK, "Resources": offer}], "this machine")
+        _check_local(request)
         return
     check_reachable(target)
+
+
+def _check_local(request: Optional[Request]) -> Dict[str, float]:
+    """What a local instance would offer (``local_resources``), checked against the request."""
+    offer = local_resources(request or {})
+    if request:
+        check_request(request, [{"NodeManagerAddress": LOOPBACK, "Resources": offer}], "this machine")
+    return offer
 
 
 def needs_connection_first(address: Optional[str]) -> bool:
@@ -338,9 +344,7 @@ def _loopback_node():
 def _start_local(request: Optional[Request]) -> None:
     import ray
 
-    offer = local_resources(request or {})
-    if request:
-        check_request(request, [{"NodeManagerAddress": LOOPBACK, "Resources": offer}], "this machine")
+    offer = _check_local(request)
     _start_watchdog()
     try:
         with _loopback_node():
