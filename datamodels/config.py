@@ -45,11 +45,17 @@ MIN_INTERVAL = 100
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # digits | npz | cifar10
+    source: str = "digits"  # digits | npz | cifar10 | synthetic
     path: Optional[str] = None  # the .npz file or CIFAR-10 archive, for those sources
-    num_test: int = 500  # digits only: size of the seeded test split
-    split_seed: int = 0  # digits only: seed of the train/test split
+    num_test: int = 500  # digits: size of the seeded test split; synthetic: test images generated
+    split_seed: int = 0  # digits: seed of the train/test split; synthetic: seed of the generated images
     targets: str = "test"  # test | test+train: whose margins the workers log
+    # synthetic only (datamodels.synthetic): class-specific blob images generated from split_seed
+    num_train: int = 1500  # training images
+    image_size: int = 12  # images are image_size x image_size pixels
+    channels: int = 1  # 1 (grayscale) or 3 (colour)
+    num_classes: int = 10
+    label_noise: float = 0.1  # fraction of training labels replaced by a random other class
 
 
 @dataclass
@@ -260,8 +266,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     """Range checks the type system cannot express, and the worker's own schema."""
     d, s, f = cfg.data, cfg.sweep, cfg.fit
     _check_values(cfg)
-    _check(d.source in ("digits", "npz", "cifar10"), f"data.source must be digits, npz or cifar10, got {d.source!r}")
-    _check(d.source == "digits" or d.path, f"data.path is required when data.source is {d.source}")
+    _check(d.source in DATA_SOURCES, f"data.source must be digits, npz, cifar10 or synthetic, got {d.source!r}")
+    _check(d.source in ("digits", "synthetic") or d.path, f"data.path is required when data.source is {d.source}")
+    _check_synthetic(d)
     _check(d.targets in ("test", "test+train"), f"data.targets must be 'test' or 'test+train', got {d.targets!r}")
     _check(d.num_test > 0, f"data.num_test must be positive, got {d.num_test}")
     _check(s.num_models > 0, f"sweep.num_models must be positive, got {s.num_models}")
@@ -280,6 +287,21 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_fit_options(f)
     cfg.worker = worker_config(cfg.worker)
     return cfg
+
+
+DATA_SOURCES = ("digits", "npz", "cifar10", "synthetic")
+
+
+def _check_synthetic(d) -> None:
+    """The generated source's sizes (whether its images fit in memory is checked by prepare, on the
+    machine that generates them)."""
+    if d.source != "synthetic":
+        return
+    for name in ("num_train", "image_size"):
+        _check(d[name] > 0, f"data.{name} must be positive, got {d[name]}")
+    _check(d.channels in (1, 3), f"data.channels must be 1 or 3, got {d.channels}")
+    _check(d.num_classes >= 2, f"data.num_classes must be at least 2, got {d.num_classes}")
+    _check(0.0 <= d.label_noise < 1.0, f"data.label_noise must be in [0, 1), got {d.label_noise}")
 
 
 def _is_int(value, least: int) -> bool:
