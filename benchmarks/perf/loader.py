@@ -12,7 +12,7 @@
   figure bounds how much work they are, and the device path's CPU cost on a GPU node is only
   the Python launching them.
 
-    python benchmarks/perf/loader.py                # writes benchmarks/perf/results/loader.json
+    python benchmarks/perf/loader.py                # writes benchmarks/results/loader.json
     python benchmarks/perf/loader.py --smoke        # seconds; checks the script, measures nothing
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.num_train, args.batch_size, args.epochs, args.k = 500, 64, 1, 2
     out = Path(args.out or (Path(tempfile.gettempdir()) / "loader_smoke.json" if args.smoke
-                            else HERE / "results" / "loader.json"))
+                            else HERE.parent / "results" / "loader.json"))
 
     from datamodels.prepare import prepare
 

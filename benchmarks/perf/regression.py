@@ -54,7 +54,7 @@ which needs every row in memory as float64, is skipped.
     python benchmarks/perf/regression.py --size digits --emulate avx2
     python benchmarks/perf/regression.py --size scale          # time and memory as N grows (regression_scale.py)
 
-Results go to ``benchmarks/perf/results/regression_<size>[_avx2|_avx2_native].json`` (AVX512 CPU; emulated
+Results go to ``benchmarks/results/regression_<size>[_avx2|_avx2_native].json`` (AVX512 CPU; emulated
 AVX2; an AVX2-only CPU), with the machine's CPU capability.
 """
 from __future__ import annotations
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per method; the median is reported")
     p.add_argument("--slow-repeats", type=int, default=1,
                    help="runs of celer and skglm, which take minutes here and are never the fastest rival")
-    p.add_argument("--out", help="JSON path (default benchmarks/perf/results/regression_<size>.json)")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/regression_<size>.json)")
     args = p.parse_args(argv)
     if args.size == "scale":  # its own protocol: one fit per N, under /usr/bin/time
         from benchmarks.perf.regression_scale import run
@@ -457,7 +457,7 @@ def main(argv=None) -> int:
     capability = str(machine.get("cpu_capability", ""))
     suffix = f"_{args.emulate}" if args.emulate else \
         ("" if capability.startswith("AVX512") or not capability else f"_{capability.lower()}_native")
-    out = Path(args.out) if args.out else HERE / "results" / f"regression_{args.size}{suffix}.json"
+    out = Path(args.out) if args.out else HERE.parent / "results" / f"regression_{args.size}{suffix}.json"
     save_result(out, report)
     return 0
 

@@ -16,7 +16,7 @@ as the exact Gram needs) and bf16, each against the card's dense peak; peak GPU 
     python benchmarks/perf/regression_gpu.py                 # N=50,000, T=1,000, M=100,000 on cuda
     python benchmarks/perf/regression_gpu.py --smoke         # a tiny CPU run that checks this script works
 
-Results go to ``benchmarks/perf/results/regression_gpu.json``.  Needs neither Ray nor OmegaConf.
+Results go to ``benchmarks/results/regression_gpu.json``.  Needs neither Ray nor OmegaConf.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: checks the script, measures nothing")
-    p.add_argument("--out", default=str(HERE / "results" / "regression_gpu.json"))
+    p.add_argument("--out", default=str(HERE.parent / "results" / "regression_gpu.json"))
     args = p.parse_args(argv)
     if args.smoke:
         args.num_train, args.num_targets, args.num_models, args.planted, args.device = 300, 20, 4000, 5, "cpu"

@@ -92,7 +92,7 @@ def _save(args, sizes, machine, results) -> Path:
                            "models": "M = min(2N, 6000) unless --models"},
               "results": results}
     name = f"regression_scale{'_' + '_'.join(map(str, sizes)) if args.n else ''}.json"
-    path = Path(args.out) if args.out else HERE / "results" / name
+    path = Path(args.out) if args.out else HERE.parent / "results" / name
     return save_result(path, report)
 
 

@@ -19,7 +19,7 @@ complete, none recorded as failed, and the sweep wrote as many rows as the store
 retrains a random sample of rows without disturbance (``datamodels.sweep.train_masks`` with
 the rows' own masks and seeds) and compares their margins with the store's, bit for bit.
 
-    scripts/loopback.sh python benchmarks/perf/soak.py                   # -> benchmarks/perf/results/soak.json
+    scripts/loopback.sh python benchmarks/perf/soak.py                   # -> benchmarks/results/soak.json
     scripts/loopback.sh python benchmarks/perf/soak.py --num-models 500 --kill-every 10 --out /tmp/soak.json
 """
 from __future__ import annotations
@@ -157,7 +157,7 @@ def main(argv=None) -> dict:
                         help="retries per task; generous, since every disturbance fails the tasks it hits")
     parser.add_argument("--reference-rows", type=int, default=250, help="rows retrained without disturbance")
     parser.add_argument("--seed", type=int, default=0, help="seed of the disturbances and the reference sample")
-    parser.add_argument("--out", default=str(HERE / "results" / "soak.json"))
+    parser.add_argument("--out", default=str(HERE.parent / "results" / "soak.json"))
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     args = parser.parse_args(argv)
 

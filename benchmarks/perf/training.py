@@ -34,7 +34,7 @@ the same model the plain PyTorch way (nn.Module, autograd, torch.optim), one mod
 
 Wall-clock figures suffer from anything else running on the machine (load averages recorded).
 
-    python benchmarks/perf/training.py                    # -> benchmarks/perf/results/training_cpu.json (AVX512 CPU)
+    python benchmarks/perf/training.py                    # -> benchmarks/results/training_cpu.json (AVX512 CPU)
                                                      #    or training_cpu_avx2_native.json (AVX2-only CPU)
     python benchmarks/perf/training.py --emulate-avx2     # torch limited to AVX2 kernels -> training_cpu_avx2.json
     python benchmarks/perf/training.py --ks auto --repeats 3 --num-models 1200
@@ -267,7 +267,7 @@ def main(argv=None) -> dict:
                         help=f"run with {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}: torch's kernels of "
                              f"an AVX2-only machine (default --out: training_cpu_avx2.json)")
     parser.add_argument("--out", default=None,
-                        help="JSON file (default benchmarks/perf/results/training_cpu[_avx2|_avx2_native].json)")
+                        help="JSON file (default benchmarks/results/training_cpu[_avx2|_avx2_native].json)")
     args = parser.parse_args(argv)
 
     if args.emulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
@@ -295,7 +295,8 @@ def main(argv=None) -> dict:
     # training_cpu.json: an AVX512 CPU; _avx2: the same limited to AVX2; _avx2_native: an AVX2-only CPU.
     native = "" if args.emulate_avx2 or info["cpu_capability"].startswith("AVX512") else \
         f"_{info['cpu_capability'].lower()}_native"
-    out_path = Path(args.out or HERE / "results" / f"training_cpu{'_avx2' if args.emulate_avx2 else native}.json")
+    name = f"training_cpu{'_avx2' if args.emulate_avx2 else native}.json"
+    out_path = Path(args.out or HERE.parent / "results" / name)
     base = config_lib.to_dict(config_lib.load(args.config))
     slots = int(os.cpu_count() // max(1, base["sweep"]["cpus_per_task"]))
 

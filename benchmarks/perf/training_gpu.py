@@ -16,7 +16,7 @@ through ``datamodels.prepare`` (FFCV and OmegaConf needed) and is skipped where 
 Results are written after every K, so a run stopped by ``--budget-s`` or a time limit keeps what
 it measured.
 
-    python benchmarks/perf/training_gpu.py                   # writes benchmarks/perf/results/training_gpu.json
+    python benchmarks/perf/training_gpu.py                   # writes benchmarks/results/training_gpu.json
     python benchmarks/perf/training_gpu.py --ks 1,4,8,16 --paths device --compile
     python benchmarks/perf/training_gpu.py --smoke           # a tiny CPU run that checks this script works
 
@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
         ks = sorted({1, *(int(k) for k in args.ks.split(","))})
         overrides = {"device": "cuda", "stack": "grouped", "precision": "bfloat16", "channels_last": True}
     out_path = Path(args.out or (Path(tempfile.gettempdir()) / "training_gpu_smoke.json" if args.smoke
-                                 else HERE / "results" / "training_gpu.json"))
+                                 else HERE.parent / "results" / "training_gpu.json"))
 
     from datamodels.store import model_seed, subset_mask
     from workers import cifar_resnet9

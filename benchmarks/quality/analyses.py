@@ -17,7 +17,7 @@ The run directories are made (or resumed) with the default pipeline, so the figu
 to exactly what ``datamodels run configs/digits.yaml`` produces; the verified results are
 kept in RUN/analyses/ and RUN/report.html shows them.
 
-    python benchmarks/quality/analyses.py   # ~15 min on 2 cores; writes benchmarks/quality/results/analyses_digits.json
+    python benchmarks/quality/analyses.py   # ~15 min on 2 cores; writes benchmarks/results/analyses_digits.json
     python benchmarks/quality/analyses.py --run runs/digits --verify 10 --targets 100 --planted 20
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--noise", type=float, default=0.05, help="noise of the copies, as a fraction of the pixel range")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-report", action="store_true", help="skip writing RUN/report.html")
-    p.add_argument("--out", default=str(HERE / "results" / "analyses_digits.json"))
+    p.add_argument("--out", default=str(HERE.parent / "results" / "analyses_digits.json"))
     args = p.parse_args(argv)
 
     from datamodels import analyses

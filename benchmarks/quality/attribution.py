@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--lambdas", default="1e-3,1e-2,1e-1,1", help="TRAK grid, times the mean diagonal of XᵀX")
     p.add_argument("--grid-checkpoints", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(HERE / "results" / "attribution.json"))
+    p.add_argument("--out", default=str(HERE.parent / "results" / "attribution.json"))
     p.add_argument("--only", choices=["trak"], help="rerun only TRAK, keeping the other entries of --out")
     p.add_argument("--plot", action="store_true", help="only redraw the figure from --out (and RUN/metrics.json)")
     args = p.parse_args(argv)

@@ -20,7 +20,7 @@ Every figure is the median over the sweep seeds; times are per fit (the prior's 
 kernels counted apart).  The JSON also records, per data set, the models each estimator needs
 to reach the plain estimator's LDS at the largest budget (interpolated in log n).
 
-    python benchmarks/quality/estimators.py                          # -> benchmarks/quality/results/estimators.json
+    python benchmarks/quality/estimators.py                          # -> benchmarks/results/estimators.json
     python benchmarks/quality/estimators.py --datasets digits --seeds 0 --sizes 100,1000
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--trak-max", type=int, default=30, help="TRAK uses at most this many models")
     p.add_argument("--prior-models", type=int, default=None, help="models of the prior (default: fit.prior_models)")
     p.add_argument("--gamma", type=float, default=0.5, help="prior_gamma of the adaptive estimator")
-    p.add_argument("--out", default=str(HERE / "results" / "estimators.json"))
+    p.add_argument("--out", default=str(HERE.parent / "results" / "estimators.json"))
     args = p.parse_args(argv)
 
     import importlib

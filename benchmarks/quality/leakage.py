@@ -26,7 +26,7 @@ sweep's), or ``random``, n drawn uniformly.  Ways of planting (``--variants``):
 
 The goals are measured on ``ink`` with the memorising config.
 
-    python benchmarks/quality/leakage.py                 # ~10 min on 2 cores -> benchmarks/quality/results/leakage.json
+    python benchmarks/quality/leakage.py                 # ~10 min on 2 cores -> benchmarks/results/leakage.json
     python benchmarks/quality/leakage.py --configs configs/digits-memorise.yaml --variants ink
 """
 from __future__ import annotations
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--noise", type=float, default=0.05, help="noise sd, as a fraction of the pixel range")
     p.add_argument("--root", default="runs/leakage", help="run directories (made or resumed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(HERE / "results" / "leakage.json"))
+    p.add_argument("--out", default=str(HERE.parent / "results" / "leakage.json"))
     args = p.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]

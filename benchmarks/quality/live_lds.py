@@ -17,10 +17,10 @@ On each data set (the digits default, and ``synthetic``: the ``npz`` image set o
 3. **Stop rule.**  A fresh sweep with ``sweep.until_lds`` at the level: where it stopped, against
    the first checkpoint of the full run at or above the level.
 
-    python benchmarks/quality/live_lds.py              # both data sets -> benchmarks/quality/results/live_lds.json
+    python benchmarks/quality/live_lds.py              # both data sets -> benchmarks/results/live_lds.json
     python benchmarks/quality/live_lds.py --datasets digits --repeats 3
     python benchmarks/quality/live_lds.py --datasets digits --repeats 5 --cost-only \
-        --out benchmarks/quality/results/live_lds_cost_digits_avx2_pairs.json
+        --out benchmarks/results/live_lds_cost_digits_avx2_pairs.json
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--fine-every", type=int, default=250, help="the finer checkpoint interval of the forecast check")
     p.add_argument("--level", type=float, default=0.85, help="the LDS level on digits")
     p.add_argument("--cost-only", action="store_true", help="only the cost: sweeps with and without live LDS")
-    p.add_argument("--out", default=str(HERE / "results" / "live_lds.json"))
+    p.add_argument("--out", default=str(HERE.parent / "results" / "live_lds.json"))
     args = p.parse_args(argv)
 
     from datamodels import checkpoints as live

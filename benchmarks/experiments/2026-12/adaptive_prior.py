@@ -1,4 +1,4 @@
-"""Two levers for fewer models, measured: adaptive-lasso weights from the prior (kept:
+"""Two ways to fewer models, measured: adaptive-lasso weights from the prior (kept:
 ``fit.prior_gamma``, γ = 0.5), and sharing corrections between similar targets (dropped).
 
 Both start where ``fit.prior: trak`` does: each target's TRAK scores p (30 models), scaled by
@@ -7,7 +7,7 @@ least squares, and the lasso fits the correction δ on what the prior leaves une
 - **Adaptive lasso** (Zou 2006): the L1 penalty of δᵢ is weighted by wᵢ = (|pᵢ| / mean |p| + ε)^−γ,
   so examples the prior ranks as influential move cheaply and the rest stay near their prior.
   γ = 0 is the plain lasso around the prior (the control: it should match ``fit(prior=...)``),
-  γ = 0.5 and 1 are the lever; "adaptive without prior mean" uses the weights with δ = β (no
+  γ = 0.5 and 1 are the method; "adaptive without prior mean" uses the weights with δ = β (no
   offset), the textbook use.
 - **Target-similarity sharing**: a target's correction is pulled toward the mean correction of
   its k nearest targets (cosine of their TRAK scores): δ′ = (1 − s) δ + s · mean of neighbours'
@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
                 point["similar_targets_best_in_hindsight"] = max(spearman_mean(
                     everything.predict(x_eval, full_offset + shared(refit, index[k], s)).numpy(), y_eval)
                     for k, s in choices)
-        # the lever as a setting would run it: γ chosen on the validation models
+        # the method as a setting would run it: γ chosen on the validation models
         chosen = min((label for label in variants if label.startswith("gamma")), key=validation.get)
         point["gamma_chosen"], point["gamma_choice"] = point[chosen], chosen
         point["seconds"] = round(time.perf_counter() - started, 1)

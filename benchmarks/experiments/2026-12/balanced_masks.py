@@ -1,4 +1,4 @@
-"""A lever for few models, measured and not kept: class-balanced masks.
+"""A way to fewer models, measured and not kept: class-balanced masks.
 
 Each mask takes exactly round(α · N_c) of the training examples of every class c (a
 stratified α-subset), instead of a uniformly random α-subset whose class counts vary.  The

@@ -1,4 +1,4 @@
-"""A lever for fewer models, measured and not kept: orthogonal-array masks (randomised Hadamard
+"""A way to fewer models, measured and not kept: orthogonal-array masks (randomised Hadamard
 designs).
 
 Random α-subsets give a Gram matrix XᵀX whose off-diagonal entries vary by about √n around

@@ -1,4 +1,4 @@
-"""A lever for few models, measured and not kept: several seeds per mask, their margins averaged.
+"""A way to fewer models, measured and not kept: several seeds per mask, their margins averaged.
 
 At a budget of n trained models, the plain estimator fits n masks, one model each.  Here n / r
 masks are each trained r times with different seeds (initialisation and batch order) and the

@@ -1,4 +1,4 @@
-"""A lever for few models, measured and not kept: a correction to the TRAK prior shared across targets.
+"""A way to fewer models, measured and not kept: a correction to the TRAK prior shared across targets.
 
 Around TRAK's prior (``datamodels.priors``; one scale per target, fitted by least squares) the
 residual margins R [n, T] of the n fitting models are fitted by ridge regression on the masks,

@@ -1,4 +1,4 @@
-"""A lever for few models, measured and not kept: stacked attribution features per target.
+"""A way to fewer models, measured and not kept: stacked attribution features per target.
 
 TRAK's prior (``datamodels.priors``) gives each target one direction in training-example space;
 the fit only scales it.  Here each target gets several: TRAK split by parameter group (first
