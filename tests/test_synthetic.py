@@ -167,3 +167,13 @@ def test_a_run_on_synthetic_data_end_to_end(tmp_path, ray_local):
     # the models learned the classes: most test margins are positive (chance: about 1 in 10)
     assert (np.asarray(store.margins[:]) > 0).mean() > 0.4
     assert json.loads((out / "metrics.json").read_text())["num_train"] == 300
+
+
+def test_the_scale_config_asks_for_50000_generated_images():
+    root = Path(__file__).resolve().parent.parent
+    cfg = config.load(root / "configs" / "scale50k.yaml")
+    d, s = cfg.data, cfg.sweep
+    assert (d.source, d.num_train, d.num_test, d.image_size, d.channels) == ("synthetic", 50000, 500, 12, 1)
+    assert int(s.alpha * d.num_train) == 25000 and s.num_models >= 3000 and s.num_eval_models == 500
+    assert s.checkpoint_every == 0  # live checkpoints would hold two 50,000 x 50,000 Grams in the driver
+    assert cfg.worker["name"] == "workers.mlp" and cfg.worker["hidden"] == 32 and cfg.worker["epochs"] == 3
