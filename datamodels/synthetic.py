@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .errors import DatamodelsError
 
@@ -76,12 +77,11 @@ def generate(num_train: int, num_test: int, image_size: int = 12, channels: int 
         colours = layout.uniform(0.2, 1.0, (classes, BUMPS, channels)).astype(np.float32)
     # At 12 pixels: variance 2 (exp(-d² / 4)) and shifts of up to 2 pixels.
     variance = 2.0 * (size / 12) ** 2
-    shift = max(0, int(round(2 * size / 12)))
+    shift = int(round(2 * size / 12))
     shape = (size, size, channels)
     per_chunk = max(1, CHUNK_VALUES // int(np.prod(shape)))
-    bar = _bar(progress and images_bytes(num_train, num_test, size, channels) >= PROGRESS_MIN_VALUES,
-               int(num_train) + int(num_test))
-    with bar:
+    show = progress and images_bytes(num_train, num_test, size, channels) >= PROGRESS_MIN_VALUES
+    with tqdm(total=int(num_train) + int(num_test), desc="synthetic", unit="image", disable=not show) as bar:
         x_train, y_train = _split(int(num_train), _TRAIN, seed, per_chunk, centres, colours, variance, shift,
                                   shape, bar)
         x_test, y_test = _split(int(num_test), _TEST, seed, per_chunk, centres, colours, variance, shift, shape, bar)
@@ -132,25 +132,6 @@ def _images(rng, labels, centres, colours, variance, shift, shape) -> np.ndarray
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
-
-
-def _bar(show: bool, total: int):
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="synthetic", unit="image")
 
 
 def _available_memory():
