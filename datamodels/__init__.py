@@ -29,8 +29,8 @@ from .errors import DatamodelsError
 # and FFCV, seconds of start-up that `datamodels --help` or a command stopped by a bad config
 # should not pay.
 _API = {"load_config": ("config", "load"), "Store": ("store", "Store"), "prepare": ("prepare", "prepare"),
-        "sweep": ("sweep", "sweep"), "live_lds": ("checkpoints", "live_lds"), "fit": ("fit", "fit"),
-        "trak_prior": ("priors", "trak"), "predict": ("fit", "predict"), "lds": ("evaluate", "lds"),
+        "sweep": ("sweep", "sweep"), "live_lds": ("live", "live_lds"), "fit": ("regression", "fit"),
+        "trak_prior": ("priors", "trak"), "predict": ("artifacts", "predict"), "lds": ("evaluate", "lds"),
         "top": ("query", "top"), "nearest": ("query", "nearest"), "run": ("pipeline", "run"),
         "report": ("report", "report")}
 
@@ -38,8 +38,8 @@ __all__ = ["DatamodelsError", *_API]
 
 
 class _Package(types.ModuleType):
-    """Stage functions share their modules' names (``datamodels.fit`` is the function, the module
-    is ``sys.modules["datamodels.fit"]``): the import system's binding of a submodule to its
+    """Stage functions share their modules' names (``datamodels.sweep`` is the function, the module
+    is ``sys.modules["datamodels.sweep"]``): the import system's binding of a submodule to its
     name on the package is skipped for those names, so they always mean the functions."""
 
     def __getattr__(self, name):

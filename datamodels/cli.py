@@ -80,11 +80,11 @@ def cmd_fit(args) -> int:
     import dataclasses
 
     from .config import FitOptions
-    from .regression import fit, fit_options
+    from .regression import fit, resolve_options
     from .store import Store
 
     # Every fit option is an argument of the same name; checked before minutes of retraining for the prior.
-    options = fit_options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitOptions)})
+    options = resolve_options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitOptions)})
     arguments.check_fit_args(args)
 
     store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)

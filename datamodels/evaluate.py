@@ -12,10 +12,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import metrics
+from .artifacts import as_datamodels
 from .errors import DatamodelsError
 from .store import Store
-
-QUANTILES = {"min": 0.0, "p10": 0.1, "p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
 
 
 def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows: int = 8192, *,
@@ -36,8 +36,6 @@ def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows
     predicted margins are constant over the rows has no rank correlation: it is NaN in
     ``per_target``, left out of the mean and counted in ``num_undefined``.
     """
-    from .fit import load
-
     if (datamodels is None) == (scores is None):
         raise DatamodelsError("give datamodels or a score matrix (scores), not both")
     if isinstance(store, Store):
@@ -51,7 +49,7 @@ def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows
         bias = np.zeros(weight.shape[1], dtype=np.float32)
         cols = np.arange(weight.shape[1], dtype=np.int64)
     else:
-        dm = load(datamodels) if not isinstance(datamodels, dict) else datamodels
+        dm = as_datamodels(datamodels)
         weight = np.asarray(dm["weight"], dtype=np.float32)
         bias = np.asarray(dm["bias"], dtype=np.float32)
         cols = np.asarray(dm["targets"] if "targets" in dm else np.arange(weight.shape[1]), dtype=np.int64)
@@ -82,37 +80,10 @@ def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows
         predicted[start:start + len(r)] = np.asarray(store.masks[r], dtype=np.float32) @ weight + bias
         actual[start:start + len(r)] = np.asarray(store.margins[r], dtype=np.float64)[:, cols]
 
-    per_target = spearman(predicted, actual)
-    defined = per_target[np.isfinite(per_target)]
-    return {
-        "lds": float(defined.mean()) if len(defined) else float("nan"),
-        "per_target": per_target,
-        "num_models": int(len(rows)),
-        "num_targets": int(len(cols)),
-        "num_undefined": int(len(per_target) - len(defined)),
-        "quantiles": {k: float(np.quantile(defined, q)) for k, q in QUANTILES.items()} if len(defined) else {},
-    }
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each column of ``a`` with the same column of ``b`` (ties get
-    average ranks); NaN where either column is constant or holds non-finite values."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"spearman needs two [rows, columns] arrays of one shape, got {a.shape} and {b.shape}")
-    # Imported here: every Ray worker process imports this package, and scipy.stats costs it ~0.7 s.
-    from scipy.stats import rankdata
-
-    bad = ~(np.isfinite(a).all(0) & np.isfinite(b).all(0))
-    ra = rankdata(np.where(np.isfinite(a), a, 0.0), axis=0)
-    rb = rankdata(np.where(np.isfinite(b), b, 0.0), axis=0)
-    ra -= ra.mean(0)
-    rb -= rb.mean(0)
-    denom = np.sqrt((ra * ra).sum(0) * (rb * rb).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (ra * rb).sum(0) / denom
-    rho[bad | (denom == 0)] = np.nan
-    return rho
+    result = metrics.lds(predicted, actual)
+    return {"lds": result["lds"], "per_target": result["per_target"], "num_models": int(len(rows)),
+            "num_targets": int(len(cols)), "num_undefined": result["num_undefined"], "quantiles": result["quantiles"],
+            "dropped": result["dropped"]}  # {reason: targets} of those without an LDS (metrics.DROP_REASONS)
 
 
 def load_scores(scores, store: Store, transpose: bool = False) -> np.ndarray:

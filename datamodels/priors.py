@@ -36,19 +36,21 @@ from .errors import DatamodelsError
 RIDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 
 
-def trak(config, num_models: int = 30, ridges: Sequence[float] = RIDGES, rows: Optional[np.ndarray] = None,
-         progress: bool = True) -> Dict[float, np.ndarray]:
-    """TRAK scores from the store's first ``num_models`` completed fitting models (or ``rows``),
-    retrained here in this process: ``{ridge: float32 [N, T]}``, positive where including a
-    training example raises the target's margin (``datamodels evaluate --scores`` convention)."""
+def trak(config, num_models: Optional[int] = None, ridges: Sequence[float] = RIDGES,
+         rows: Optional[np.ndarray] = None, progress: bool = True) -> Dict[float, np.ndarray]:
+    """TRAK scores from the store's first ``num_models`` (default: the config's
+    ``fit.prior_models``) completed fitting models (or ``rows``), retrained here in this
+    process: ``{ridge: float32 [N, T]}``, positive where including a training example raises the
+    target's margin (``datamodels evaluate --scores`` convention)."""
     from .prepare import prepare, read_meta
     from .store import Store
     from .store import model_seeds
     from .sweep import resolve_worker, stored_worker_settings
 
     cfg = config_lib.coerce(config)
-    if int(num_models) != num_models or num_models < 1:
-        raise DatamodelsError(f"fit.prior_models must be an integer >= 1, got {num_models}")
+    if num_models is not None:
+        config_lib.check_fit_options(config_lib.fit_options(cfg, prior_models=num_models))
+    num_models = int(num_models if num_models is not None else cfg.fit.prior_models)
     if not ridges or any(not (r > 0) for r in ridges):
         raise DatamodelsError(f"prior ridges must be positive numbers, got {list(ridges)}")
     name = config_lib.to_dict(cfg.worker)["name"]

@@ -5,14 +5,12 @@ from typing import List
 
 import numpy as np
 
+from .artifacts import as_datamodels
 from .errors import DatamodelsError
 
 
 def _weights(datamodels) -> np.ndarray:
-    from .fit import load
-
-    dm = load(datamodels) if not isinstance(datamodels, dict) else datamodels
-    return np.asarray(dm["weight"], dtype=np.float32)
+    return np.asarray(as_datamodels(datamodels)["weight"], dtype=np.float32)
 
 
 def _column(weight: np.ndarray, target: int) -> np.ndarray:

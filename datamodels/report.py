@@ -204,7 +204,7 @@ def _summary(run: Run, scores: Optional[dict]) -> str:
 
 
 def _accuracy(run: Run, scores: Optional[dict]) -> str:
-    from .fit import predict
+    from .artifacts import predict
 
     rows = run.store.rows("eval")
     if len(rows) == 0 or scores is None:
@@ -276,7 +276,7 @@ def _methods(run: Run, dm_scores: Optional[dict], methods: dict) -> str:
 
 def _live_lds(run: Run) -> str:
     """The sweep's checkpoints and the learning curve forecast through them, with its band."""
-    from .checkpoints import _curve_at, comparable, live_lds, read_log
+    from .live import comparable, curve_at, live_lds, read_log
 
     records = comparable(read_log(run.store.path))
     if len(records) < 2:
@@ -293,7 +293,7 @@ def _live_lds(run: Run) -> str:
         ax.fill_between(grid, band["lo"], band["hi"], color="#dd8452", alpha=0.25,
                         label="forecast, 10-90% over targets")
     c = fc["curve"]
-    ax.plot(grid, _curve_at((c["a"], c["b"], c["c"]), grid), "--", color="#dd8452",
+    ax.plot(grid, curve_at((c["a"], c["b"], c["c"]), grid), "--", color="#dd8452",
             label=f"LDS = {c['a']:.3f} - b·n^-{c['c']:.2f}")
     ax.plot(n, y, "o", color="#4c72b0", label="checkpoints (measured during the sweep)")
     ax.set_xscale("log")

@@ -225,7 +225,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
     ``sweep.until_gain``) stop the sweep early once the live LDS reaches that level, or once the
     forecast gain from doubling the models falls below it; the summary's ``stopped`` says why.
     """
-    from .checkpoints import Monitor
+    from .live import Monitor
     from .prepare import prepare, read_meta
 
     cfg = config_lib.coerce(config)

@@ -31,7 +31,7 @@ def tiny_analysis_config(out, data_path, **sweep):
 
 
 def sweep_and_fit(cfg_dict):
-    from datamodels.fit import fit
+    from datamodels.regression import fit
     from datamodels.sweep import sweep
 
     cfg = config.coerce(cfg_dict)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from datamodels import checkpoints as live
 from datamodels import config as config_lib
+from datamodels import live
 from datamodels.errors import DatamodelsError
-from datamodels.evaluate import spearman
-from datamodels.fit import _solve, _Stats
-from datamodels.store import Store
+from datamodels.metrics import spearman
+from datamodels.regression import Stats, solve_path
+from datamodels.store import Store, model_seeds
 from datamodels.sweep import sweep
 
 
@@ -46,12 +46,11 @@ def offline_checkpoint(store: Store, record: dict, n: int, cfg) -> np.ndarray:
     x = torch.from_numpy(np.asarray(store.masks[fit_rows]))
     y = torch.from_numpy(np.asarray(store.margins[fit_rows], dtype=np.float64)[:, cols] - offset)
     v = torch.from_numpy(is_val)
-    train, val = _Stats.zeros(store.num_train, len(cols), torch.float32, "cpu"), \
-        _Stats.zeros(store.num_train, len(cols), torch.float32, "cpu")
+    train, val = Stats.pair(store.num_train, len(cols), len(fit_rows), "cpu")
     train.add(x[~v], y[~v])
     val.add(x[v], y[v])
     params = {k: record["settings"][k] for k in ("num_lambdas", "lambda_min_ratio", "max_iter", "tol")}
-    dm = _solve(train, val, offset, params, torch.device("cpu"), False, **live.SOLVE)
+    dm = solve_path(train, val, offset, config_lib.FitOptions(**params), "cpu", **live.SOLVE)
     predicted = np.asarray(store.masks[eval_rows], dtype=np.float32) @ dm["weight"] + dm["bias"]
     return spearman(predicted, actual)
 
@@ -85,16 +84,24 @@ def store_path(summary):
 
 
 def test_until_lds_stops_at_the_first_checkpoint_reaching_it_and_resumes(tmp_path, run_config, ray_local):
-    # Tasks sleep a little, so that the sweep is still running when a checkpoint is solved:
-    # tiny models otherwise finish every task first.
-    run_config = dict(run_config, worker=dict(run_config["worker"], name="flaky_worker", sleep=1.0))
-    reference = live.read_log(store_path(sweep(live_config(run_config), progress=False)))
+    run_config = dict(run_config, worker=dict(run_config["worker"], name="gated_worker"))
+    reference_store = Store(store_path(sweep(live_config(run_config), progress=False)))
+    reference = live.read_log(reference_store.path)
     level = reference[1]["lds"] - 1e-9  # reached at the second checkpoint, not at the first
     assert reference[0]["lds"] < level
     out = tmp_path / "stopped"
-    cfg = dict(live_config(run_config), out=str(out))
+    # The tasks of fitting rows from 200 on wait until the second checkpoint (160 models) is logged,
+    # so that the sweep is still running when the rule fires, on a machine however loaded (two
+    # tasks in flight at most).
+    held_back = model_seeds(reference_store.seed, reference_store.rows("fit", completed_only=False)[200:])
+    # (A task time limit makes the driver look at the checkpoints every second, not only when a
+    # task finishes: all the tasks in flight are waiting for one.)
+    cfg = live_config(run_config, max_in_flight=2, task_timeout_s=600.0)
+    cfg = dict(cfg, out=str(out), worker=dict(cfg["worker"], gate_seeds=held_back.tolist(),
+                                              gate_file=str(out / "store" / live.LOG), gate_lines=2))
     summary = sweep(cfg, progress=False, until_lds=level)
-    assert summary["stopped"] and "sweep.until_lds" in summary["stopped"]
+    assert summary["stopped"] == (f"LDS {reference[1]['lds']:.4f} at 160 fitting models reached "
+                                  f"sweep.until_lds={level:g}")
     records = live.read_log(out / "store")
     assert [r["num_fit_models"] for r in records] == [80, 160]
     store = Store(out / "store")
@@ -163,10 +170,25 @@ def test_forecast_recovers_a_planted_learning_curve():
 def test_until_gain_stops_once_doubling_would_gain_little():
     n = [40, 80, 120]
     flat = [{"num_fit_models": m, "lds": 0.80 - 0.2 / m, "settings_key": "k"} for m in n]
-    assert live.stop_reason(flat, None, until_gain=0.01) is not None  # doubling 120 gains ~0.0008
+    assert live.GainBelow(0.01).check(flat) == ("forecast gain from doubling 120 fitting models is 0.0008, below "
+                                                "sweep.until_gain=0.01")  # 0.2/120 - 0.2/240
     steep = [{"num_fit_models": m, "lds": 0.80 - 40 / m, "settings_key": "k"} for m in n]
-    assert live.stop_reason(steep, None, until_gain=0.01) is None
-    assert live.stop_reason(steep[:2], None, until_gain=0.5) is None  # needs three checkpoints
+    assert live.GainBelow(0.01).check(steep) is None
+    assert live.GainBelow(0.5).check(steep[:2]) is None  # needs three checkpoints
+
+
+def test_stop_rules_come_from_the_config_and_the_first_that_fires_says_why():
+    cfg = config_lib.load(None, ["sweep.until_lds=0.75", "sweep.until_gain=0.01"])
+    rules = live.stop_rules(cfg.sweep)
+    assert rules == [live.LdsReached(0.75), live.GainBelow(0.01)]
+    assert [r.name for r in rules] == ["until_lds", "until_gain"]
+    assert live.stop_rules(config_lib.load(None, []).sweep) == []
+    n = [40, 80, 120]
+    flat = [{"num_fit_models": m, "lds": 0.80 - 0.2 / m, "settings_key": "k"} for m in n]
+    # Both rules fire on these records: the LDS level is checked first.
+    assert live.stop_reason(flat, rules) == "LDS 0.7983 at 120 fitting models reached sweep.until_lds=0.75"
+    assert live.stop_reason(flat, rules[1:]).startswith("forecast gain from doubling 120 fitting models")
+    assert live.LdsReached(0.8).check(flat) is None and live.stop_reason([], rules) is None
 
 
 def test_status_prints_the_live_lds_and_forecast(tmp_path, run_config, ray_local, capsys):
@@ -199,6 +221,6 @@ def test_bad_live_settings_name_the_setting(tmp_path, overrides, message):
 
 def test_default_interval_scales_with_the_sweep():
     cfg = config_lib.load(None, [])
-    assert live.interval(cfg.sweep) == 1000  # the digits default: 10,000 fitting models
+    assert config_lib.interval(cfg.sweep) == 1000  # the digits default: 10,000 fitting models
     small = config_lib.load(None, ["sweep.num_models=150"])
-    assert live.interval(small.sweep) == 0  # too short for two checkpoints: off, silently
+    assert config_lib.interval(small.sweep) == 0  # too short for two checkpoints: off, silently

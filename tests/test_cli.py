@@ -112,10 +112,10 @@ def test_the_package_imports_each_stage_on_first_use():
     # `datamodels --help` and a command stopped by a bad config must not pay for torch, Ray and
     # FFCV; and the stage names stay functions even after their modules are imported directly.
     code = ("import sys, datamodels; heavy = {'torch', 'ray', 'ffcv'} & set(sys.modules); "
-            "import datamodels.fit; from datamodels.fit import _Stats; from datamodels import sweep; "
+            "import datamodels.regression; from datamodels.regression import Stats; from datamodels import sweep; "
             "print(sorted(heavy), datamodels.fit.__name__, datamodels.fit.__module__, sweep.__module__, "
             "datamodels.report.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["[]", "fit", "datamodels.fit", "datamodels.sweep", "datamodels.report"]
+    assert out == ["[]", "fit", "datamodels.regression.api", "datamodels.sweep", "datamodels.report"]
     proc = cli("sweep", "/nonexistent/config.yaml", check=False)
     assert proc.returncode != 0 and "config file not found" in proc.stderr

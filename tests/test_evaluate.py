@@ -3,8 +3,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from datamodels.errors import DatamodelsError
-from datamodels.evaluate import lds, spearman
-from datamodels.fit import save
+from datamodels.artifacts import save
+from datamodels.evaluate import lds
+from datamodels.metrics import spearman
 from datamodels.store import Store
 
 N, T = 20, 5

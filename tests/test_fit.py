@@ -5,7 +5,8 @@ import pytest
 
 from datamodels.errors import DatamodelsError
 from datamodels.evaluate import lds
-from datamodels.fit import _PATH_TOL_FACTOR, fit, load, predict
+from datamodels.artifacts import load, predict
+from datamodels.regression import PATH_TOL_FACTOR, fit
 from datamodels.store import Store
 
 from bounds import U64, mse_bound, solver_bound
@@ -76,11 +77,11 @@ def test_recovers_the_planted_sparse_datamodels(synthetic):
 def test_validation_mse_from_statistics_matches_direct_computation(synthetic):
     # At λ_max every weight is 0, so the model predicts the training mean and the
     # validation MSE computed from sufficient statistics must equal the direct one.
-    from datamodels.fit import _validation_rows
+    from datamodels.regression import validation_rows
 
     store, _, _, dm = synthetic
     rows = store.rows("fit")
-    is_val = _validation_rows(rows, store.num_models, 0.1, 0)
+    is_val = validation_rows(rows, store.num_models, 0.1, 0)
     assert is_val.sum() == 40
     y = np.asarray(store.margins[rows], dtype=np.float64)
     direct = ((y[is_val] - y[~is_val].mean(0)) ** 2).mean(0)
@@ -99,12 +100,13 @@ def test_streamed_equals_in_memory(synthetic):
     assert np.allclose(streamed["weight"], whole["weight"], rtol=0, atol=solver_bound(whole["weight"]))
     # bias = ȳ − x̄·w: off by |x̄|₁ = N/2 times the weights' bound at most
     assert np.allclose(streamed["bias"], whole["bias"], rtol=0, atol=N / 2 * solver_bound(whole["weight"]))
-    # the path is solved at fit._PATH_TOL_FACTOR times the tolerance (default 1e-4)
+    # the path is solved at datamodels.regression.PATH_TOL_FACTOR times the tolerance (default 1e-4)
     path = whole["val_mse_path"]
     gap = np.abs(streamed["val_mse_path"] - path)
     assert np.array_equal(np.isnan(gap), np.isnan(path))
-    path_tol = _PATH_TOL_FACTOR * 1e-4
-    assert (gap[~np.isnan(path)] <= mse_bound(path, N, solver_bound(whole["weight"], tol=path_tol))[~np.isnan(path)]).all()
+    path_tol = PATH_TOL_FACTOR * 1e-4
+    bound = mse_bound(path, N, solver_bound(whole["weight"], tol=path_tol))
+    assert (gap[~np.isnan(path)] <= bound[~np.isnan(path)]).all()
 
 
 def test_target_slices_equal_the_whole_fit(synthetic):
@@ -251,7 +253,7 @@ def _peak_rss_of_fit(store_path, chunk_rows):
     import subprocess
     import sys
 
-    code = ("from datamodels.fit import fit; "
+    code = ("from datamodels.regression import fit; "
             f"fit({str(store_path)!r}, progress=False, num_lambdas=2, chunk_rows={chunk_rows}); "
             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     # One XᵀX kernel for every store: oneDNN's int8 GEMM holds ~90 MB more than float32's, and
@@ -265,7 +267,7 @@ def _peak_rss_of_fit(store_path, chunk_rows):
 def test_streamed_fit_memory_does_not_grow_with_models(tmp_path):
     # 64,000 models x 1,500 examples: 96 MB of masks, read 500 rows at a time.  Without
     # unmapping the pages read, the large fit's peak would be ~90 MB above the small one's; the
-    # same fit's peak varies by a few MB from run to run (``_return_freed_memory``).
+    # same fit's peak varies by a few MB from run to run (``return_freed_memory``).
     sizes = {}
     for name, models in (("small", 4000), ("large", 64000)):
         store = Store.create(tmp_path / name, num_train=1500, num_targets=4, alpha=0.5, seed=0)
@@ -281,19 +283,20 @@ def test_standardising_in_place_is_undone_exactly():
     # The standardised Gram overwrites the counts XᵀX; the refit needs them back bit for bit.
     # Rows 3 and 40 are constant (never and always in), so their entries are kept aside.
     import torch
-    from datamodels.fit import _Stats, _standardise, _Validation
+    from datamodels.regression.standardise import Validation, standardise
+    from datamodels.regression.stats import Stats
 
     rng = np.random.default_rng(0)
     masks = torch.from_numpy(rng.random((3000, 300)) < 0.5)
     masks[:, 3], masks[:, 40] = False, True
-    train, val = _Stats.zeros(300, 2, torch.float32, "cpu"), _Stats.zeros(300, 2, torch.float32, "cpu")
+    train, val = Stats.zeros(300, 2, torch.float32, "cpu"), Stats.zeros(300, 2, torch.float32, "cpu")
     y = torch.from_numpy(rng.normal(size=(3000, 2)))
     train.add(masks[:2700], y[:2700])
     val.add(masks[2700:], y[2700:])
     xx_train, xx_val = train.xx.clone(), val.xx.clone()
     counts = train.xx
-    prob = _standardise(train, torch.float32)
-    valid = _Validation(prob, val, torch.float32)
+    prob = standardise(train, torch.float32)
+    valid = Validation(prob, val, torch.float32)
     assert prob.G.data_ptr() == counts.data_ptr()  # written over the counts: no second N×N copy
     assert torch.equal(prob.centring.undo(prob.G), xx_train)
     assert torch.equal(valid.centring.undo(valid.G), xx_val)
@@ -314,7 +317,7 @@ def test_memory_estimate_matches_the_measured_peak(tmp_path):
     weight[rng.choice(num_train, 5 * targets, replace=False), np.repeat(np.arange(targets), 5)] = 1.0
     rows = np.arange(models)
     store.write(rows, margins(store, rows, weight, np.zeros(targets)))
-    code = ("from datamodels.fit import fit, memory_estimate; "
+    code = ("from datamodels.regression import fit, memory_estimate; "
             "rss = lambda key: int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith(key))); "
             "before = rss('VmRSS'); "
             f"fit({str(tmp_path / 's')!r}, progress=False, num_lambdas=8); "
@@ -341,7 +344,7 @@ def test_working_sets_are_capped_and_the_solution_is_the_lasso_optimum():
     import torch
     from sklearn.linear_model import Lasso
 
-    from datamodels.fit import _Lasso, _prioritised
+    from datamodels.regression import solver as regression_solver
 
     rng = np.random.default_rng(0)
     n, N = 150, 400
@@ -354,7 +357,7 @@ def test_working_sets_are_capped_and_the_solution_is_the_lasso_optimum():
     G, C = torch.tensor(Xs.T @ Xs / n, dtype=torch.float32), torch.tensor(Xs.T @ yc / n, dtype=torch.float32)[:, None]
     lam = torch.tensor([0.2 * float(C.abs().max())])
     strong = int((C.abs() >= lam).sum())
-    solver = _Lasso(G, tol=1e-7, max_iter=20000)
+    solver = regression_solver.Lasso(G, tol=1e-7, max_iter=20000)
     solver.capped = True  # as for a Gram too large for cache (this one is 640 KB)
     assert strong > 2 * solver.cutoff
     W, R, converged = solver.solve(C, lam, torch.zeros(N, 1), C.clone(), lam)
@@ -371,8 +374,9 @@ def test_working_sets_are_capped_and_the_solution_is_the_lasso_optimum():
     candidates = torch.ones(6, 1, dtype=torch.bool)
     support = torch.tensor([[False], [False], [False], [False], [False], [True]])
     score = torch.tensor([[0.1], [0.9], [0.5], [0.7], [0.2], [0.0]])
-    assert _prioritised(candidates, support, score, 3)[:, 0].tolist() == [False, True, False, True, False, True]
-    assert torch.equal(_prioritised(candidates, support, score, 6), candidates)
+    prioritised = regression_solver.prioritised
+    assert prioritised(candidates, support, score, 3)[:, 0].tolist() == [False, True, False, True, False, True]
+    assert torch.equal(prioritised(candidates, support, score, 6), candidates)
 
 
 def test_solver_temporaries_are_reused_not_mapped_afresh():
@@ -386,7 +390,7 @@ def test_solver_temporaries_are_reused_not_mapped_afresh():
 
     code = """
 import resource, torch
-from datamodels.fit import _libc, _return_freed_memory, _temporaries_on_the_heap
+from datamodels.regression.memory import _libc, return_freed_memory, temporaries_on_the_heap
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(100):
@@ -395,9 +399,9 @@ def faults():
 if _libc() is None:
     print("skip")
 else:
-    _return_freed_memory()
+    return_freed_memory()
     outside = faults()
-    with _temporaries_on_the_heap(4 << 20):
+    with temporaries_on_the_heap(4 << 20):
         faults()  # the heap grows once
         inside = faults()
     print(outside, inside)
@@ -449,7 +453,7 @@ def test_a_penalty_per_weight_is_the_weighted_lasso_optimum():
     import torch
     from sklearn.linear_model import Lasso
 
-    from datamodels.fit import _fista, _Lasso
+    from datamodels.regression import solver as regression_solver
 
     rng = np.random.default_rng(3)
     n, N = 120, 200
@@ -467,19 +471,20 @@ def test_a_penalty_per_weight_is_the_weighted_lasso_optimum():
     assert 3 <= int((ref != 0).sum(0).min())
     scale = np.abs(ref).max()
     for capped in (False, True):
-        solver = _Lasso(G, tol=1e-7, max_iter=20000)
+        solver = regression_solver.Lasso(G, tol=1e-7, max_iter=20000)
         solver.capped = capped
         W, R, converged = solver.solve(C, lam, torch.zeros(N, 2), C.clone(), lam, penalty)
         assert bool(converged.all())
         assert np.abs(W.numpy() - ref).max() < 1e-4 * scale, capped
         off = W == 0  # KKT: outside the support no feature correlates with the residual by more than λpᵢ
         assert bool((R.abs()[off] <= (lam[None, :] * penalty)[off] * (1 + 1e-3)).all())
-    dense, _, _ = _fista(lambda z, act: G @ z, C, lam[None, :] * penalty, torch.zeros(N, 2), solver.L, 1e-7, 20000)
+    dense, _, _ = regression_solver.fista(lambda z, act: G @ z, C, lam[None, :] * penalty, torch.zeros(N, 2),
+                                          solver.L, 1e-7, 20000)
     assert np.abs(dense.numpy() - ref).max() < 1e-4 * scale
     # A penalty of ones is the plain lasso.
-    plain, _, _ = _Lasso(G, tol=1e-7, max_iter=20000).solve(C, lam, torch.zeros(N, 2), C.clone(), lam)
-    ones, _, _ = _Lasso(G, tol=1e-7, max_iter=20000).solve(C, lam, torch.zeros(N, 2), C.clone(), lam,
-                                                           torch.ones(N, 2))
+    exact = regression_solver.Lasso(G, tol=1e-7, max_iter=20000)
+    plain, _, _ = exact.solve(C, lam, torch.zeros(N, 2), C.clone(), lam)
+    ones, _, _ = exact.solve(C, lam, torch.zeros(N, 2), C.clone(), lam, torch.ones(N, 2))
     torch.testing.assert_close(ones, plain, rtol=0, atol=1e-6 * scale)
 
 
@@ -528,7 +533,7 @@ def test_statistics_of_the_residual_of_a_prior_equal_those_computed_directly():
     # rounding: Xᵀy is a float32 product in both (γ32(n) of Xᵀ|y|), and X'Xβ a float32 product of
     # integer counts and β rounded to float32 (γ32(N + 1) of |XᵀX||β|), which enter ΣyΣ' through β.
     import torch
-    from datamodels.fit import _Stats
+    from datamodels.regression.stats import Stats
 
     from bounds import gamma
 
@@ -539,9 +544,9 @@ def test_statistics_of_the_residual_of_a_prior_equal_those_computed_directly():
     y = torch.from_numpy(rng.normal(0, 1, (n, T)))
     beta = torch.from_numpy(rng.normal(0, 1, (N, T)))
     residual = y - x @ beta
-    s = _Stats.zeros(N, T, torch.float32, "cpu")
+    s = Stats.zeros(N, T, torch.float32, "cpu")
     s.add(masks, y)
-    direct = _Stats.zeros(N, T, torch.float32, "cpu")
+    direct = Stats.zeros(N, T, torch.float32, "cpu")
     direct.add(masks, residual)
     got = s.minus(beta)
     xy_err = gamma(n) * (x.T @ y.abs() + x.T @ residual.abs()) + gamma(N + 1) * ((x.T @ x) @ beta.abs())

@@ -11,7 +11,7 @@ import torch
 
 from datamodels import hardware
 from datamodels.errors import DatamodelsError
-from datamodels.fit import _GRAM_KERNELS, fit, gram_kernel
+from datamodels.regression import GRAM_KERNELS, fit, gram_kernel
 from datamodels.store import Store
 
 
@@ -134,7 +134,7 @@ def test_every_gram_kernel_is_exact():
     # exactly the float32 product's counts, on shapes that are not multiples of anything.
     masks = torch.rand(777, 131, generator=torch.Generator().manual_seed(0)) < 0.5
     reference = masks.double().T @ masks.double()
-    for name, kernel in _GRAM_KERNELS.items():
+    for name, kernel in GRAM_KERNELS.items():
         try:
             got = kernel(masks)
         except (RuntimeError, NotImplementedError):

@@ -39,7 +39,7 @@ def planted(tmp_path_factory, _ray_shutdown_at_exit):
     copy of test example ``exact``; 1,000 models of a memorising MLP."""
     import ray
 
-    from datamodels.fit import fit
+    from datamodels.regression import fit
     from datamodels.prepare import prepare
     from datamodels.sweep import sweep
 

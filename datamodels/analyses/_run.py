@@ -33,7 +33,7 @@ class Run:
 
     def __init__(self, path: Union[str, Path] = "runs/digits", *, datamodels=None, store=None, config=None,
                  address: Optional[str] = None):
-        from ..fit import load
+        from ..artifacts import load
 
         self.path = Path(path)
         if isinstance(datamodels, dict):

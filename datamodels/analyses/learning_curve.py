@@ -11,26 +11,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .. import config as config_lib
 from ..errors import DatamodelsError
-from ..store import Store
 from ._run import Run, open_run, rng_for
 
 # Fewer fitting models than this leave too few for a validation split worth the name.
 MIN_MODELS = 40
-
-
-class _FirstRows(Store):
-    """The store seen through its first ``n`` completed fitting rows (``fit`` reads
-    ``rows("fit")``); everything else is the underlying store."""
-
-    def __init__(self, store: Store, n: int):
-        self.__dict__.update(store.__dict__)
-        self._fit_rows = store.rows("fit")[:n]
-
-    def rows(self, split: str = "fit", completed_only: bool = True) -> np.ndarray:
-        if split == "fit" and completed_only:
-            return self._fit_rows
-        return super().rows(split, completed_only)
 
 
 def default_sizes(num_models: int, points: int = 5, smallest: float = 1 / 16) -> list:
@@ -50,22 +36,25 @@ def learning_curve(run: Union[Run, str], *, sizes: Optional[Sequence[int]] = Non
     targets (``None``: all); every point uses the same sample, so the curve is comparable
     along its length, and a target's datamodel does not depend on which others are fitted
     with it.  ``fit_options`` are keyword arguments of ``datamodels.fit`` (default: the run
-    config's ``fit`` section when there is one).  The largest size reuses the run's own
+    config's ``fit`` section and seed when there is one).  The largest size reuses the run's own
     datamodels when it equals the number of models they were fitted on."""
     from ..evaluate import lds
-    from ..fit import fit
+    from ..regression import fit
 
     run = open_run(run)
     store = run.store
-    total = len(store.rows("fit"))
+    fit_rows = store.rows("fit")
+    total = len(fit_rows)
     if store.num_eval == 0 or len(store.rows("eval")) == 0:
         raise DatamodelsError(f"store {store.path} has no completed evaluation models to score LDS on")
     if total < MIN_MODELS:
-        raise DatamodelsError(f"store {store.path} has {total} fitting models; a learning curve needs at least {MIN_MODELS}")
+        raise DatamodelsError(f"store {store.path} has {total} fitting models; a learning curve needs at least "
+                              f"{MIN_MODELS}")
     sizes = default_sizes(total) if sizes is None else sorted({int(n) for n in sizes})
     bad = [n for n in sizes if not MIN_MODELS <= n <= total]
     if bad:
-        raise DatamodelsError(f"--sizes must lie in {MIN_MODELS}..{total} (the store's completed fitting models), got {bad}")
+        raise DatamodelsError(f"--sizes must lie in {MIN_MODELS}..{total} (the store's completed fitting models), "
+                              f"got {bad}")
     options = dict(fit_options) if fit_options is not None else _config_fit_options(run)
     options.pop("targets", None)
     chosen = np.arange(run.num_targets)
@@ -80,7 +69,7 @@ def learning_curve(run: Union[Run, str], *, sizes: Optional[Sequence[int]] = Non
         if n == total and int(run.dm.get("num_models", -1)) == total:
             dm = {"weight": run.weight[:, chosen], "bias": run.bias[chosen], "targets": run.columns[chosen]}
         else:
-            dm = fit(_FirstRows(store, n), targets=run.columns[chosen], progress=False, **options)
+            dm = fit(store, rows=fit_rows[:n], targets=run.columns[chosen], progress=False, **options)
         scores = lds(store, dm)
         points.append({"num_models": n, "lds": float(scores["lds"]), "quantiles": scores.get("quantiles", {})})
     return {"num_eval_models": int(len(store.rows("eval"))), "num_targets": int(len(chosen)),
@@ -89,9 +78,7 @@ def learning_curve(run: Union[Run, str], *, sizes: Optional[Sequence[int]] = Non
 
 def _config_fit_options(run: Run) -> dict:
     try:
-        f = run.config.fit
+        cfg = run.config
     except DatamodelsError:
         return {}
-    return {"device": f.device, "val_fraction": f.val_fraction, "num_lambdas": f.num_lambdas,
-            "lambda_min_ratio": f.lambda_min_ratio, "max_iter": f.max_iter, "tol": f.tol,
-            "chunk_rows": f.chunk_rows, "seed": int(run.config.seed)}
+    return {"options": config_lib.fit_options(cfg), "seed": int(cfg.seed)}
