@@ -88,6 +88,9 @@ def cmd_fit(args) -> int:
     arguments.check_fit_args(args)
 
     store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
+    if args.prior == "trak" and store.seed is None:  # TRAK retrains the store's own models, seeds and all
+        raise DatamodelsError(f"--prior trak retrains the store's models with their seeds, but store {store.path} "
+                              f"records none (a reference-layout store); fit it without --prior")
     prior = None
     if args.prior == "trak":
         from . import config as config_lib

@@ -11,15 +11,17 @@ their results in ``DIR/analyses/``; the refits of the learning curve are kept th
 from __future__ import annotations
 
 import base64
-import html
 import io
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+from markupsafe import Markup
 
 from .analyses._run import Run, load_result, open_run, rng_for, save_result
+from .errors import DatamodelsError
 
 # Counterfactuals the report verifies: targets x these removal specs.
 REPORT_SPECS = ("top:5", "top:10", "top:20", "bottom:10", "random:10")
@@ -27,26 +29,7 @@ REPORT_TARGETS = 40
 PAIRS_SHOWN = 8
 LEARNING_CURVE_MIN_RATIO = 2
 PLOTTED_EVAL_MODELS = 1000  # a scatter of more shows nothing new
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0; background: #f6f7f9;
-       color: #1d2330; line-height: 1.45; }
-main { max-width: 1080px; margin: 0 auto; padding: 24px 32px 64px; }
-h1 { font-size: 26px; margin: 8px 0 4px; }
-h2 { font-size: 19px; margin: 0 0 6px; }
-section { background: #fff; border: 1px solid #dfe3ea; border-radius: 8px; padding: 18px 22px; margin: 18px 0; }
-p.lead { color: #4a5568; margin: 0 0 10px; }
-p.note { color: #6b7280; font-size: 13px; }
-img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
-th, td { border-bottom: 1px solid #e5e7eb; padding: 3px 10px; text-align: right; }
-th { background: #f3f4f6; }
-td.l, th.l { text-align: left; }
-.kpis { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.kpi { background: #fff; border: 1px solid #dfe3ea; border-radius: 8px; padding: 10px 16px; min-width: 140px; }
-.kpi b { display: block; font-size: 22px; }
-.kpi span { color: #6b7280; font-size: 12px; }
-"""
+TEMPLATE = "report.html.j2"  # datamodels/templates/
 
 
 def report(run="runs/digits", out=None, *, verify: int = 0, datamodels=None, config=None, address=None,
@@ -65,43 +48,64 @@ def report(run="runs/digits", out=None, *, verify: int = 0, datamodels=None, con
     ``store``: the store (a ``Store``, e.g. opened with a spec or eval rows), default RUN/store.
     ``scores``: {method name: score matrix (.npy path or array), N_train x N_targets, or T x N
     with ``transpose``}: each method's LDS on the same held-out models and targets, side by side
-    with the datamodels'."""
+    with the datamodels'.
+
+    Every value shown is escaped.  A kept result or checkpoint log that fails its check is not
+    used: its section names the file and the problem, and the file stays as it is.  Targets whose
+    held-out margins or predictions are non-finite or constant are left out, counted by reason."""
+    from .files import atomic_write_text
+
     run = open_run(run, datamodels=datamodels, config=config, address=address,
                    **({"store": store} if store is not None else {}))
     out = Path(out) if out is not None else run.path / "report.html"
     started = time.time()
-    sections: List[str] = []
-    lds_scores = _lds(run)
-    methods = _method_scores(run, scores, transpose) if scores else None
-    sections.append(_summary(run, lds_scores))
-    sections.append(_accuracy(run, lds_scores))
-    if methods:
-        sections.append(_methods(run, lds_scores, methods))
-    sections.append(_live_lds(run))
-    if learning_curve is not False:
-        sections.append(_learning_curve(run, progress, force=bool(learning_curve)))
-    sections.append(_top_examples(run, num_examples, seed))
-    if verify:
-        _run_verifications(run, int(verify), seed, progress)
-    sections.append(_counterfactuals(run))
-    sections.append(_brittleness(run))
-    sections.append(_leakage(run))
-    sections.append(_embeddings(run, seed))
-    title = f"Datamodels report: {html.escape(str(run.path))}"
-    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{title}</title><style>{CSS}</style></head>\n<body><main>\n<h1>{title}</h1>\n"
-            f"<p class=\"note\">Generated {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - started:.0f} s by "
-            f"<code>datamodels report</code>. Datamodels fingerprint {run.fingerprint()}.</p>\n"
-            + "\n".join(s for s in sections if s) + "\n</main></body></html>\n")
+    with _plain_text_figures():
+        lds_scores = _lds(run)
+        methods = _method_scores(run, scores, transpose) if scores else None
+        sections = [_summary(run, lds_scores), _accuracy(run, lds_scores)]
+        if methods:
+            sections.append(_methods(run, lds_scores, methods))
+        sections.append(_live_lds(run))
+        if learning_curve is not False:
+            sections.append(_learning_curve(run, progress, force=bool(learning_curve)))
+        sections.append(_top_examples(run, num_examples, seed))
+        if verify:
+            _run_verifications(run, int(verify), seed, progress)
+        sections += [_counterfactuals(run), _brittleness(run), _leakage(run), _embeddings(run, seed)]
+    page = _render(run_path=str(run.path), generated=time.strftime("%Y-%m-%d %H:%M"),
+                   seconds=f"{time.time() - started:.0f}", fingerprint=run.fingerprint(),
+                   sections=[s for s in sections if s])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)
     return out
 
 
 # ---- building blocks ---------------------------------------------------------------------------
+
+def _render(**context) -> str:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    # autoescape=True for every template: only markupsafe.Markup built here (fixed tags around
+    # escaped values) reaches the page unescaped.
+    env = Environment(loader=PackageLoader("datamodels", "templates"), autoescape=True, undefined=StrictUndefined,
+                      keep_trailing_newline=True)
+    return env.get_template(TEMPLATE).render(**context)
+
+
+@contextmanager
+def _plain_text_figures():
+    """matplotlib's own text engine, whatever the user's matplotlibrc says (no LaTeX on names)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.usetex": False}):
+        yield
+
+
+def _plain(name) -> str:
+    """A name (score file, removal spec) drawn as it is: an escaped ``$`` starts no math text,
+    so ``$\\cmd$`` is drawn verbatim rather than parsed (our tick labels still use math text)."""
+    return str(name).replace("$", "\\$")
+
 
 def _figure(w: float, h: float):
     from matplotlib.figure import Figure
@@ -109,27 +113,31 @@ def _figure(w: float, h: float):
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
-def _img(fig, alt: str) -> str:
+def _img(fig, alt: str) -> dict:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return {"kind": "img", "alt": alt, "src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
 
 
-def _section(title: str, lead: str, body: str) -> str:
-    return f"<section><h2>{html.escape(title)}</h2><p class=\"lead\">{lead}</p>\n{body}</section>"
+def _note(text, kind: str = "note") -> dict:
+    """A paragraph: a note, or a ``warning`` (a run file not used, data left out, and why)."""
+    return {"kind": kind, "text": text}
 
 
-def _table(rows: Sequence[dict], columns: Sequence[str], left: Sequence[str] = ()) -> str:
+def _section(title: str, lead, *blocks) -> dict:
+    """A section of the page: ``lead`` a plain string (escaped) or Markup; blocks from _img,
+    _table, _note (None ones are left out)."""
+    return {"title": title, "lead": lead, "blocks": [b for b in blocks if b]}
+
+
+def _table(rows: Sequence[dict], columns: Sequence[str], left: Sequence[str] = ()) -> dict:
     def cell(v):
         if isinstance(v, float):
             return "n/a" if not np.isfinite(v) else f"{v:.3g}"
-        return html.escape(str(v))
+        return str(v)
 
-    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in columns)
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{cell(r.get(c, ""))}</td>'
-                                     for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return {"kind": "table", "columns": list(columns), "left": list(left),
+            "rows": [[cell(r.get(c, "")) for c in columns] for r in rows]}
 
 
 def _show(ax, image: np.ndarray, title: str = "", color: Optional[str] = None) -> None:
@@ -139,17 +147,11 @@ def _show(ax, image: np.ndarray, title: str = "", color: Optional[str] = None) -
     if img.dtype != np.uint8:
         lo, hi = float(img.min()), float(img.max())
         img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img, dtype=np.float32)
-    if img.ndim == 2:
-        ax.imshow(img, cmap="gray_r", interpolation="nearest")
-    else:
-        ax.imshow(img, interpolation="nearest")
+    ax.imshow(img, cmap="gray_r" if img.ndim == 2 else None, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
-        spine.set_visible(color is not None)
-        if color is not None:
-            spine.set_color(color)
-            spine.set_linewidth(2)
+        spine.set(visible=color is not None, color=color or "black", linewidth=2)
     if title:
         ax.set_title(title, fontsize=8)
 
@@ -174,53 +176,67 @@ def _image_rows(rows: List[List[tuple]], row_labels: Sequence[str], cell: float 
 # ---- sections ------------------------------------------------------------------------------------
 
 def _lds(run: Run) -> Optional[dict]:
-    from .errors import DatamodelsError
     from .evaluate import lds
 
-    if len(run.store.rows("eval")) == 0:
-        return None
-    try:
+    try:  # None without held-out models
         return lds(run.store, run.dm)
     except DatamodelsError:
         return None
 
 
-def _summary(run: Run, scores: Optional[dict]) -> str:
+def _defined(scores: Optional[dict]) -> bool:
+    """Whether some target has an LDS (held-out margins and predictions finite and not constant)."""
+    return scores is not None and scores["num_undefined"] < scores["num_targets"]
+
+
+def _dropped_note(scores: Optional[dict]) -> Optional[dict]:
+    from .metrics import dropped_text
+
+    if scores is None or not scores.get("dropped"):
+        return None
+    kept = scores["num_targets"] - scores["num_undefined"]
+    return _note(f"LDS over {kept} of {scores['num_targets']} targets; {dropped_text(scores)}. Targets without a "
+                 "rank correlation are left out of the LDS, and non-finite margins out of the plots.", "warning")
+
+
+def _summary(run: Run, scores: Optional[dict]) -> dict:
     store = run.store
     kpis = [("training examples", f"{run.num_train:,}"), ("targets", f"{run.num_targets:,}"),
             ("models for fitting", f"{len(store.rows('fit')):,}"), ("held-out models", f"{len(store.rows('eval')):,}"),
             ("subset fraction α", f"{run.alpha:g}")]
     if scores is not None:
-        kpis.insert(0, ("LDS (held-out)", f"{scores['lds']:.3f}"))
+        kpis.insert(0, ("LDS (held-out)", f"{scores['lds']:.3f}" if _defined(scores) else "n/a"))
     nnz = np.count_nonzero(run.weight, axis=0)
     kpis.append(("median nonzero weights", f"{int(np.median(nnz)):,}"))
-    body = '<div class="kpis">' + "".join(f"<div class=\"kpi\"><b>{v}</b><span>{html.escape(k)}</span></div>"
-                                          for k, v in kpis) + "</div>"
     worker = store.meta.get("worker")
-    if worker:
-        body += f"<p class=\"note\">Training program: <code>{html.escape(str(worker))}</code></p>"
     return _section("Summary", "One linear datamodel per target: margin ≈ mask · weight + bias, fitted on the sweep's "
-                    "models.", body)
+                    "models.", {"kind": "kpis", "pairs": [(v, k) for k, v in kpis]},
+                    _note(Markup("Training program: <code>{}</code>").format(str(worker))) if worker else None,
+                    _dropped_note(scores))
 
 
-def _accuracy(run: Run, scores: Optional[dict]) -> str:
-    from .artifacts import predict
-
+def _accuracy(run: Run, scores: Optional[dict]) -> dict:
     rows = run.store.rows("eval")
     if len(rows) == 0 or scores is None:
-        return _section("Accuracy", "The store has no completed held-out models, so accuracy cannot be measured.", "")
+        return _section("Accuracy", "The store has no completed held-out models, so accuracy cannot be measured.")
+    if not _defined(scores):
+        return _section("Accuracy", "No target has a defined LDS on the held-out models, so accuracy cannot be "
+                        "measured.", _dropped_note(scores))
     rows = rows[:PLOTTED_EVAL_MODELS]
-    masks = np.asarray(run.store.masks[rows])
+    masks = np.asarray(run.store.masks[rows], dtype=np.float32)
     actual = np.asarray(run.store.margins[rows], dtype=np.float32)[:, run.columns]
-    pred = predict(run.dm, masks)
-    r = np.corrcoef(pred.ravel(), actual.ravel())[0, 1]
+    pred = masks @ run.weight + run.bias
+    finite = np.isfinite(pred) & np.isfinite(actual)
+    pred, actual = pred[finite], actual[finite]
+    r = np.corrcoef(pred, actual)[0, 1]
     fig = _figure(10, 4)
     ax1, ax2 = fig.subplots(1, 2)
-    hb = ax1.hexbin(pred.ravel(), actual.ravel(), gridsize=60, bins="log", cmap="viridis", mincnt=1)
-    lo, hi = np.percentile(np.concatenate([pred.ravel(), actual.ravel()]), [0.5, 99.5])
+    hb = ax1.hexbin(pred, actual, gridsize=60, bins="log", cmap="viridis", mincnt=1)
+    lo, hi = np.percentile(np.concatenate([pred, actual]), [0.5, 99.5])
     ax1.plot([lo, hi], [lo, hi], color="#e4572e", lw=1)
-    ax1.set_xlim(lo, hi)
-    ax1.set_ylim(lo, hi)
+    if hi > lo:
+        ax1.set_xlim(lo, hi)
+        ax1.set_ylim(lo, hi)
     ax1.set_xlabel("predicted margin")
     ax1.set_ylabel("actual margin")
     ax1.set_title(f"{len(rows)} held-out models × {run.num_targets} targets (Pearson r = {r:.3f})", fontsize=10)
@@ -235,13 +251,14 @@ def _accuracy(run: Run, scores: Optional[dict]) -> str:
     return _section("Predicted against actual margins",
                     "Models trained on held-out random subsets, never used for fitting: how well each subset's "
                     "margins are predicted (left), and per target the rank correlation across subsets, whose mean is "
-                    "the LDS (right).", _img(fig, "predicted vs actual margins and LDS histogram"))
+                    "the LDS (right).", _img(fig, "predicted vs actual margins and LDS histogram"),
+                    _dropped_note(scores))
 
 
 def _method_scores(run: Run, scores: dict, transpose: bool) -> dict:
     """Each method's LDS on the store's held-out models, restricted to the datamodels' targets."""
-    from .errors import DatamodelsError
-    from .evaluate import QUANTILES, lds
+    from .evaluate import lds
+    from .metrics import QUANTILES
 
     out = {}
     for name, matrix in scores.items():
@@ -255,34 +272,43 @@ def _method_scores(run: Run, scores: dict, transpose: bool) -> dict:
     return out
 
 
-def _methods(run: Run, dm_scores: Optional[dict], methods: dict) -> str:
-    entries = ([("datamodels (this run)", dm_scores)] if dm_scores is not None else []) + list(methods.items())
+def _methods(run: Run, dm_scores: Optional[dict], methods: dict) -> dict:
+    own = [("datamodels (this run)", dm_scores)] if _defined(dm_scores) else []
+    entries = own + list(methods.items())
     rows = [{"method": name, "LDS": sc["lds"], "p10": sc["quantiles"]["p10"], "median": sc["quantiles"]["median"],
              "p90": sc["quantiles"]["p90"], "held-out models": f"{sc['num_models']:,}"} for name, sc in entries]
     fig = _figure(min(10, 2.5 + 1.4 * len(entries)), 3.6)
     ax = fig.subplots()
     data = [np.asarray(sc["per_target"], dtype=np.float64) for _, sc in entries]
     ax.boxplot([d[np.isfinite(d)] for d in data], showmeans=True)
-    ax.set_xticks(range(1, len(entries) + 1), [name for name, _ in entries], fontsize=8)
+    ax.set_xticks(range(1, len(entries) + 1), [_plain(name) for name, _ in entries], fontsize=8)
     ax.set_ylabel("Spearman correlation per target")
     ax.set_title(f"LDS per target, {run.num_targets} targets (triangle: mean)", fontsize=10)
     return _section("Attribution methods side by side",
                     "Every method's scores predict a held-out model's margin as the sum of the scores of the training "
-                    "examples it saw; the LDS is the mean over targets of the rank correlation with the actual margins, "
-                    "on the same held-out models and targets.",
-                    _table(rows, ["method", "LDS", "p10", "median", "p90", "held-out models"], left=["method"])
-                    + _img(fig, "LDS per target of each attribution method"))
+                    "examples it saw; the LDS is the mean over targets of the rank correlation with the actual "
+                    "margins, on the same held-out models and targets.",
+                    _table(rows, ["method", "LDS", "p10", "median", "p90", "held-out models"], left=["method"]),
+                    _img(fig, "LDS per target of each attribution method"))
 
 
-def _live_lds(run: Run) -> str:
+def _live_lds(run: Run) -> Optional[dict]:
     """The sweep's checkpoints and the learning curve forecast through them, with its band."""
-    from .live import comparable, curve_at, live_lds, read_log
+    from .analyses.runfiles import check_checkpoints
+    from .live import LOG, comparable, live_lds, read_log
 
-    records = comparable(read_log(run.store.path))
+    title = "Live LDS and forecast"
+    try:
+        records = comparable(check_checkpoints(read_log(run.store.path), run.store.path / LOG))
+    except DatamodelsError as exc:
+        return _section(title, "The sweep's checkpoint log is not usable, so its live LDS is not shown.",
+                        _note(f"{exc} (the log is left as it is).", "warning"))
     if len(records) < 2:
-        return ""
+        return None
     result = live_lds(run.store, curve_to=4 * records[-1]["num_fit_models"])
     fc = result["forecast"]
+    if not fc:
+        return _section(title, f"{len(records)} checkpoints were logged, but no learning curve fits through them.")
     n = np.array([r["num_fit_models"] for r in records], dtype=np.float64)
     y = np.array([r["lds"] for r in records])
     fig = _figure(6, 3.6)
@@ -293,7 +319,7 @@ def _live_lds(run: Run) -> str:
         ax.fill_between(grid, band["lo"], band["hi"], color="#dd8452", alpha=0.25,
                         label="forecast, 10-90% over targets")
     c = fc["curve"]
-    ax.plot(grid, curve_at((c["a"], c["b"], c["c"]), grid), "--", color="#dd8452",
+    ax.plot(grid, c["a"] - c["b"] * grid ** -c["c"], "--", color="#dd8452",
             label=f"LDS = {c['a']:.3f} - b·n^-{c['c']:.2f}")
     ax.plot(n, y, "o", color="#4c72b0", label="checkpoints (measured during the sweep)")
     ax.set_xscale("log")
@@ -306,32 +332,40 @@ def _live_lds(run: Run) -> str:
         return "more models than ever" if not np.isfinite(estimate) else f"{estimate:,.0f} models"
 
     levels = "; ".join(f"LDS {level} needs {needs(s['estimate'])}" for level, s in fc["models_for"].items())
-    return _section("Live LDS and forecast",
+    return _section(title,
                     f"LDS measured every {int(n[1] - n[0]):,} fitting models while the sweep ran (a sample of "
                     f"{records[-1]['num_targets']} targets, the store's held-out models), and the learning curve "
                     f"fitted through it. Forecast limit {fc['limit']['estimate']:.3f}; doubling to "
                     f"{2 * fc['num_fit_models']:,} models would gain {fc['gain_from_doubling']['estimate']:+.4f}. "
-                    f"{html.escape(levels)}.", _img(fig, "live LDS and forecast"))
+                    f"{levels}.", _img(fig, "live LDS and forecast"))
 
 
-def _learning_curve(run: Run, progress: bool, force: bool) -> str:
+def _kept(run: Run, name: str):
+    """(a kept result or None, a warning block when the kept file fails its check)."""
+    try:
+        return load_result(run, name), None
+    except DatamodelsError as exc:
+        return None, _note(f"{exc}: not used, and left as it is (delete it to compute it afresh).", "warning")
+
+
+def _learning_curve(run: Run, progress: bool, force: bool) -> dict:
     from .analyses.learning_curve import default_sizes, learning_curve
-    from .errors import DatamodelsError
 
     total = len(run.store.rows("fit"))
-    result = load_result(run, "learning_curve")
-    if result is None or result.get("points", [{}])[-1].get("num_models") != total:
+    result, broken = _kept(run, "learning_curve")
+    if result is None or result["points"][-1]["num_models"] != total:
         if not force and total < LEARNING_CURVE_MIN_RATIO * run.num_train:
-            return _section("Learning curve", f"The datamodels were fitted on {total:,} models, fewer than "
-                            f"{LEARNING_CURVE_MIN_RATIO}× the {run.num_train:,} training examples: more models will "
-                            "very likely pay off. <code>datamodels learning-curve --run "
-                            f"{html.escape(str(run.path))}</code> measures the curve (refits are slow in this "
-                            "regime).", "")
+            return _section("Learning curve", Markup(
+                "The datamodels were fitted on {:,} models, fewer than {}× the {:,} training examples: more models "
+                "will very likely pay off. <code>datamodels learning-curve --run {}</code> measures the curve (refits "
+                "are slow in this regime).").format(total, LEARNING_CURVE_MIN_RATIO, run.num_train, str(run.path)),
+                broken)
         try:
             result = learning_curve(run, sizes=default_sizes(total, points=4, smallest=1 / 8), progress=progress)
         except DatamodelsError as exc:
-            return _section("Learning curve", html.escape(str(exc)), "")
-        save_result(run, "learning_curve", result)
+            return _section("Learning curve", str(exc), broken)
+        if broken is None:  # a file that failed its check stays as the user left it
+            save_result(run, "learning_curve", result)
     pts = result["points"]
     x = [p["num_models"] for p in pts]
     y = [p["lds"] for p in pts]
@@ -352,10 +386,11 @@ def _learning_curve(run: Run, progress: bool, force: bool) -> str:
                + ("; more models would likely still pay off." if gain > 0.01 else "; the curve is flattening.")
                if len(y) > 1 else "")
     return _section("Learning curve", "Datamodels refitted on the first n models of the sweep, scored on the same "
-                    f"held-out models ({result['num_targets']} targets). {verdict}", _img(fig, "learning curve"))
+                    f"held-out models ({result['num_targets']} targets). {verdict}", _img(fig, "learning curve"),
+                    broken)
 
 
-def _top_examples(run: Run, count: int, seed: int) -> str:
+def _top_examples(run: Run, count: int, seed: int) -> dict:
     rng = rng_for(seed, "report")
     targets = np.sort(rng.choice(run.num_targets, min(count, run.num_targets), replace=False))
     x_train, y_train = run.images("train")
@@ -390,10 +425,10 @@ def _run_verifications(run: Run, verify: int, seed: int, progress: bool) -> None
         save_result(run, "brittleness", br)
 
 
-def _counterfactuals(run: Run) -> str:
-    result = load_result(run, "counterfactual")
-    lead = ("The datamodel predicts that removing a set R of training examples changes a target's margin by "
-            "−Σ<sub>j∈R</sub> w<sub>j</sub>. ")
+def _counterfactuals(run: Run) -> dict:
+    result, broken = _kept(run, "counterfactual")
+    lead = Markup("The datamodel predicts that removing a set R of training examples changes a target's margin by "
+                  "−Σ<sub>j∈R</sub> w<sub>j</sub>. ")
     if result is None or not any("verified" in c for c in result["counterfactuals"]):
         from .analyses.counterfactual import counterfactual, pick_targets
 
@@ -403,50 +438,52 @@ def _counterfactuals(run: Run) -> str:
         ax = fig.subplots()
         for spec in ["top:5", "top:10", "top:20", "bottom:10"]:
             vals = [c["predicted_change"] for c in result["counterfactuals"] if c["remove"] == spec]
-            ax.hist(vals, bins=20, alpha=0.55, label=f"remove {spec}")
+            ax.hist(vals, bins=20, alpha=0.55, label=_plain(f"remove {spec}"))
         ax.set_xlabel("predicted margin change")
         ax.set_ylabel("targets")
         ax.legend()
-        note = ("<p class=\"note\">Not yet checked by retraining: run <code>datamodels report "
-                f"{html.escape(str(run.path))} --verify 10</code> or <code>datamodels counterfactual --batch 40 "
-                "--verify 10</code> to train models without each set and compare.</p>")
+        note = Markup("Not yet checked by retraining: run <code>datamodels report {} --verify 10</code> or "
+                      "<code>datamodels counterfactual --batch 40 --verify 10</code> to train models without each "
+                      "set and compare.").format(str(run.path))
         return _section("Counterfactuals", lead + f"Predicted changes for {len(targets)} random targets.",
-                        _img(fig, "predicted counterfactual changes") + note)
+                        _img(fig, "predicted counterfactual changes"), _note(note), broken)
     items = [c for c in result["counterfactuals"] if "verified" in c]
     pred = np.array([c["verified"]["predicted_change"] for c in items])
     act = np.array([c["verified"]["actual_change"] for c in items])
-    se = np.array([c["verified"]["actual_change_se"] for c in items])
+    se = np.array([c["verified"]["actual_change_se"] for c in items], dtype=np.float64)
     corr = result.get("correlation", {})
+    pearson, spearman = corr.get("pearson", float("nan")), corr.get("spearman", float("nan"))
     fig = _figure(6.4, 5)
     ax = fig.subplots()
     specs = list(dict.fromkeys(c["remove"] for c in items))
     for spec in specs:
         sel = np.array([c["remove"] == spec for c in items])
-        ax.errorbar(pred[sel], act[sel], yerr=np.nan_to_num(se[sel]), fmt="o", ms=4, alpha=0.8, label=f"remove {spec}")
+        ax.errorbar(pred[sel], act[sel], yerr=np.nan_to_num(se[sel]), fmt="o", ms=4, alpha=0.8,
+                    label=_plain(f"remove {spec}"))
     lo, hi = float(min(pred.min(), act.min())), float(max(pred.max(), act.max()))
     ax.plot([lo, hi], [lo, hi], color="#6b7280", lw=1, ls="--")
     ax.set_xlabel("predicted margin change")
     ax.set_ylabel("actual margin change (retrained)")
-    ax.set_title(f"Pearson r = {corr.get('pearson', float('nan')):.3f}, Spearman = "
-                 f"{corr.get('spearman', float('nan')):.3f}", fontsize=10)
+    ax.set_title(f"Pearson r = {pearson:.3f}, Spearman = {spearman:.3f}", fontsize=10)
     ax.legend(fontsize=8)
     rows = [{"remove": spec, **{k: v for k, v in c.items() if k in ("pearson", "spearman", "n")}}
             for spec, c in result.get("by_spec", {}).items()]
     setting = ("α-subsets containing R, with and without R" if result["base"] == "subset"
                else "the full training set, with and without R")
-    body = (_img(fig, "verified counterfactuals") + _table(rows, ["remove", "n", "pearson", "spearman"], ["remove"])
-            + f"<p class=\"note\">{result['verify']} model pairs per counterfactual, trained on {setting} "
-              "(same subset and seed within a pair); error bars are standard errors.</p>")
-    return _section("Counterfactuals, checked by retraining", lead + f"Over {len(items)} counterfactuals on "
-                    f"{len({c['target'] for c in items})} targets, predicted and actual changes correlate with "
-                    f"<b>Pearson r = {corr.get('pearson', float('nan')):.3f}</b> (Spearman "
-                    f"{corr.get('spearman', float('nan')):.3f}).", body)
+    note = (f"{result['verify']} model pairs per counterfactual, trained on {setting} (same subset and seed within a "
+            "pair); error bars are standard errors.")
+    text = Markup("Over {} counterfactuals on {} targets, predicted and actual changes correlate with "
+                  "<b>Pearson r = {:.3f}</b> (Spearman {:.3f}).").format(
+        len(items), len({c["target"] for c in items}), pearson, spearman)
+    return _section("Counterfactuals, checked by retraining", lead + text, _img(fig, "verified counterfactuals"),
+                    _table(rows, ["remove", "n", "pearson", "spearman"], ["remove"]), _note(note))
 
 
-def _brittleness(run: Run) -> str:
+def _brittleness(run: Run) -> dict:
     from .analyses.brittleness import brittleness
 
-    result = load_result(run, "brittleness") or brittleness(run)
+    result, broken = _kept(run, "brittleness")
+    result = result or brittleness(run)
     sizes = np.array([r["support_size"] for r in result["targets"] if r["support_size"]])
     counts = result["counts"]
     fig = _figure(6.4, 3.6)
@@ -459,32 +496,32 @@ def _brittleness(run: Run) -> str:
     ax.set_xlabel("support size (training examples whose removal flips the prediction)")
     ax.set_ylabel("targets")
     at_most = counts[f"at_most_{result['max_support']}"]
-    text = (f"Of {result['num_targets']} targets, {counts['already_wrong']} are predicted wrong already, "
-            f"{counts['flippable']} can be flipped by removing their most supportive training examples "
-            f"({at_most} with at most {result['max_support']}), and "
-            f"{counts['never_flips']} cannot be flipped that way.")
+    text = Markup("Of {} targets, {} are predicted wrong already, {} can be flipped by removing their most supportive "
+                  "training examples ({} with at most {}), and {} cannot be flipped that way.").format(
+        result["num_targets"], counts["already_wrong"], counts["flippable"], at_most, result["max_support"],
+        counts["never_flips"])
     verified = result.get("verified")
     if verified and verified.get("checked"):
-        text += (f" Checked by retraining ({verified['models']} models each, mean margin below 0): "
-                 f"<b>{verified['flipped']} of {verified['checked']} ({verified['share']:.0%})</b> targets with "
-                 f"support size ≤ {result['max_support']} truly flip.")
+        text += Markup(" Checked by retraining ({} models each, mean margin below 0): <b>{} of {} ({:.0%})</b> targets "
+                       "with support size ≤ {} truly flip.").format(
+            verified["models"], verified["flipped"], verified["checked"], verified["share"], result["max_support"])
     else:
-        text += (" <span class=\"note\">Not yet checked by retraining (<code>datamodels brittleness --verify "
-                 "10</code>).</span>")
+        text += Markup(" <span class=\"note\">Not yet checked by retraining (<code>datamodels brittleness --verify "
+                       "10</code>).</span>")
     brittle = sorted((r for r in result["targets"] if r["support_size"]), key=lambda r: r["support_size"])[:10]
     rows = [{"target": r["target"], "support size": r["support_size"], "margin before": r["predicted_before"],
              "predicted after": r["predicted_after"],
              "actual after": r.get("verified", {}).get("actual_after", float("nan"))} for r in brittle]
-    return _section("Brittle predictions", text,
-                    _img(fig, "support size distribution")
-                    + _table(rows, ["target", "support size", "margin before", "predicted after", "actual after"]))
+    return _section("Brittle predictions", text, _img(fig, "support size distribution"),
+                    _table(rows, ["target", "support size", "margin before", "predicted after", "actual after"]),
+                    broken)
 
 
-def _leakage(run: Run) -> str:
+def _leakage(run: Run) -> Optional[dict]:
     from .analyses.leakage import leakage
 
     if not run.is_test_target().any():
-        return ""
+        return None
     result = leakage(run, k=PAIRS_SHOWN)
     pairs = result["pairs"]
     x_train, y_train = run.images("train")
@@ -515,16 +552,16 @@ def _leakage(run: Run) -> str:
                     "weight whose measured effect is small is the regression's, not the models'; a similar image "
                     "with no effect does not change the models. Pixel rank 1: no training image is more similar to "
                     "the target. A duplicate of an easy example barely changes the model and stays invisible here.",
-                    _img(fig, "leakage pairs")
-                    + _table(rows, ["rank", "target", "train", "score", "weight", "pixel similarity", "pixel rank",
+                    _img(fig, "leakage pairs"),
+                    _table(rows, ["rank", "target", "train", "score", "weight", "pixel similarity", "pixel rank",
                                     "measured effect", "effect (sd)"]))
 
 
-def _embeddings(run: Run, seed: int) -> str:
+def _embeddings(run: Run, seed: int) -> Optional[dict]:
     from .analyses.embeddings import embeddings
 
     if run.num_targets < 3:
-        return ""
+        return None
     result = embeddings(run, num_components=3, k=6, seed=seed)
     coords = result["coords"]
     _, labels = run.target_images(np.arange(run.num_targets))
@@ -559,4 +596,4 @@ def _embeddings(run: Run, seed: int) -> str:
                     "similar vectors depend on the same training data. A 2-D PCA map coloured by label; then, for "
                     "the top principal components, the targets at their two ends (red: lowest, green: highest); then "
                     "a few targets with their nearest neighbours by cosine similarity.",
-                    _img(fig, "PCA map") + _img(strips, "principal component ends") + _img(near, "nearest targets"))
+                    _img(fig, "PCA map"), _img(strips, "principal component ends"), _img(near, "nearest targets"))

@@ -109,7 +109,7 @@ def test_pair_figures_are_measured_on_the_store_and_the_images(planted):
 
 
 def test_leakage_on_the_command_line_and_in_the_report(planted):
-    from datamodels.report import _leakage
+    from datamodels.report import _leakage, _render
 
     run, pairs, _ = planted
     cmd = [sys.executable, "-m", "datamodels.cli", "leakage", "--k", "3", "--run", str(run.path)]
@@ -121,7 +121,7 @@ def test_leakage_on_the_command_line_and_in_the_report(planted):
     header = next(line for line in table.splitlines() if line.lstrip().startswith("rank"))
     assert header.split() == ["rank", "target", "train", "score", "weight", "similarity", "pixel_rank", "effect",
                               "effect_sd"]
-    section = _leakage(run)
+    section = _render(run_path=str(run.path), generated="", seconds="0", fingerprint="", sections=[_leakage(run)])
     assert "pixel similarity" in section and "effect (sd)" in section
     top = data["pairs"][0]
     assert f"{top['similarity']:.3g}" in section and f"{top['effect_sd']:.3g}" in section

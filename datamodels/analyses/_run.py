@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import DatamodelsError
 from ..store import Store, subset_size
+from .runfiles import RESULT_SCHEMAS, check_datamodels, check_result
 
 # Seed streams of the analyses, kept apart from each other and from the store's models
 # (whose seeds come from (seed, index, 1)).
@@ -37,13 +38,15 @@ class Run:
 
         self.path = Path(path)
         if isinstance(datamodels, dict):
-            self.dm = datamodels
+            self.dm, where = datamodels, "the datamodels"
         else:
-            self.dm = load(Path(datamodels) if datamodels is not None else self.path / "datamodels.npz")
+            where = Path(datamodels) if datamodels is not None else self.path / "datamodels.npz"
+            self.dm = load(where)
         if isinstance(store, Store):
             self.store = store
         else:
             self.store = Store(Path(store) if store is not None else self.path / "store")
+        check_datamodels(self.dm, where)
         self.weight = np.asarray(self.dm["weight"], dtype=np.float32)
         self.bias = np.asarray(self.dm["bias"], dtype=np.float32)
         self.num_train, self.num_targets = self.weight.shape
@@ -332,16 +335,17 @@ def save_result(run: Run, name: str, result: dict) -> Path:
     """Keep an expensive (retrained) result in RUN/analyses/NAME.json, where the report finds it."""
     import json
 
+    from ..files import atomic_write_text
+
     path = run.path / RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=_jsonable))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(result, indent=1, default=_jsonable))
 
 
 def load_result(run: Run, name: str) -> Optional[dict]:
-    """A result kept by ``save_result``, if it was computed from these very datamodels."""
+    """A result kept by ``save_result``, if it was computed from these very datamodels (None when
+    there is none, or it is of other datamodels).  A file that is not JSON, or whose structure is
+    not a kept result's, is a DatamodelsError naming it and the problem."""
     import json
 
     path = run.path / RESULTS_DIR / f"{name}.json"
@@ -349,9 +353,13 @@ def load_result(run: Run, name: str) -> Optional[dict]:
         return None
     try:
         result = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatamodelsError(f"{path} is not JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(result, dict):
+        raise DatamodelsError(f"{path} should hold a JSON object, got {type(result).__name__}")
+    if result.get("fingerprint") != run.fingerprint():
         return None
-    return result if isinstance(result, dict) and result.get("fingerprint") == run.fingerprint() else None
+    return check_result(result, name, path) if name in RESULT_SCHEMAS else result
 
 
 def _jsonable(obj):

@@ -186,6 +186,8 @@ def check_datamodels(dm: dict, path) -> dict:
     weight, bias = array("weight", "fiu", 2), array("bias", "fiu", 1)
     targets = array("targets", "iu", 1) if "targets" in dm else np.arange(weight.shape[1])
     T = weight.shape[1]
+    if T == 0 or weight.shape[0] == 0:
+        raise DatamodelsError(f"{path}: weight has shape {list(weight.shape)}: no datamodels")
     if bias.shape != (T,) or targets.shape != (T,):
         raise DatamodelsError(f"{path}: {T} weight columns, {bias.size} biases and {targets.size} target indices "
                               f"should be equal in number")
