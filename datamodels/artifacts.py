@@ -25,8 +25,40 @@ def load(path) -> dict:
     missing = [k for k in ("weight", "bias", "targets") if k not in dm]
     if missing:
         raise DatamodelsError(f"{path} is not a datamodels file: it lacks {', '.join(missing)}")
+    check_datamodels(dm, path)
     if "num_models" in dm:
+        if dm["num_models"].shape != () or dm["num_models"].dtype.kind not in "iu":
+            raise DatamodelsError(f"{path}: num_models should be one whole number, got {dm['num_models']!r:.60}")
         dm["num_models"] = int(dm["num_models"])
+    return dm
+
+
+def check_datamodels(dm: dict, path) -> dict:
+    """Datamodels (a dict of arrays, ``path`` naming where they come from) checked: weight [N, T]
+    and bias [T] of finite numbers, targets [T] of whole numbers >= 0, N and T at least 1."""
+    def array(key, kinds, ndim):
+        a = np.asarray(dm[key])
+        if a.dtype.kind not in kinds:
+            raise DatamodelsError(f"{path}: {key} has dtype {a.dtype}, not "
+                                  f"{'whole numbers' if kinds == 'iu' else 'numbers'}")
+        if a.ndim != ndim:
+            raise DatamodelsError(f"{path}: {key} has shape {list(a.shape)}, expected {ndim} dimension(s)")
+        return a
+
+    weight, bias = array("weight", "fiu", 2), array("bias", "fiu", 1)
+    targets = array("targets", "iu", 1) if "targets" in dm else np.arange(weight.shape[1])
+    T = weight.shape[1]
+    if T == 0 or weight.shape[0] == 0:
+        raise DatamodelsError(f"{path}: weight has shape {list(weight.shape)}: no datamodels")
+    if bias.shape != (T,) or targets.shape != (T,):
+        raise DatamodelsError(f"{path}: {T} weight columns, {bias.size} biases and {targets.size} target indices "
+                              f"should be equal in number")
+    if targets.min() < 0:
+        raise DatamodelsError(f"{path}: targets holds the negative index {int(targets.min())}")
+    for key, a in (("weight", weight), ("bias", bias)):
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            raise DatamodelsError(f"{path}: {key} has {bad} non-finite values (NaN or inf)")
     return dm
 
 

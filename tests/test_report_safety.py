@@ -207,15 +207,18 @@ def test_scores_with_non_finite_values_are_refused_with_the_count(run_dir, tmp_p
     (lambda dm: dm.update(targets=np.array(["a"] * 100)), "targets has dtype <U1, not whole numbers"),
     (lambda dm: dm["weight"].__setitem__((slice(0, 3), 0), np.nan), "weight has 3 non-finite values"),
     (lambda dm: dm.update(bias=np.full(100, np.inf)), "bias has 100 non-finite values"),
+    (lambda dm: dm.update(num_models=np.array([1, 2])), "num_models should be one whole number"),
 ])
 def test_malformed_datamodels_are_one_line_errors(run_dir, tmp_path, capsys, change, message):
     dm = dict(np.load(run_dir / "datamodels.npz"))
     change(dm)
     bad = tmp_path / "bad.npz"
     np.savez(bad, **dm)
-    assert main(["report", str(run_dir), "--datamodels", str(bad), "--out", str(tmp_path / "r.html")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and str(bad) in err and message in err, err
+    for command in (["report", str(run_dir), "--out", str(tmp_path / "r.html")],
+                    ["evaluate", "--run", str(run_dir)], ["query", "top", "--run", str(run_dir), "--target", "0"]):
+        assert main(command + ["--datamodels", str(bad)]) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(bad) in err and message in err, err
     assert not (tmp_path / "r.html").exists()
 
 

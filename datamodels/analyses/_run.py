@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DatamodelsError
 from ..store import Store, subset_size
-from .runfiles import RESULT_SCHEMAS, check_datamodels, check_result
+from .runfiles import RESULT_SCHEMAS, check_result
 
 # Seed streams of the analyses, kept apart from each other and from the store's models
 # (whose seeds come from (seed, index, 1)).
@@ -34,19 +34,17 @@ class Run:
 
     def __init__(self, path: Union[str, Path] = "runs/digits", *, datamodels=None, store=None, config=None,
                  address: Optional[str] = None):
-        from ..artifacts import load
+        from ..artifacts import check_datamodels, load
 
         self.path = Path(path)
         if isinstance(datamodels, dict):
-            self.dm, where = datamodels, "the datamodels"
+            self.dm = check_datamodels(datamodels, "the datamodels")
         else:
-            where = Path(datamodels) if datamodels is not None else self.path / "datamodels.npz"
-            self.dm = load(where)
+            self.dm = load(Path(datamodels) if datamodels is not None else self.path / "datamodels.npz")
         if isinstance(store, Store):
             self.store = store
         else:
             self.store = Store(Path(store) if store is not None else self.path / "store")
-        check_datamodels(self.dm, where)
         self.weight = np.asarray(self.dm["weight"], dtype=np.float32)
         self.bias = np.asarray(self.dm["bias"], dtype=np.float32)
         self.num_train, self.num_targets = self.weight.shape

@@ -1,5 +1,6 @@
-"""Checks of the files a run keeps beside its store: the datamodels (.npz), the kept results of
-the analyses (``RUN/analyses/*.json``) and the sweep's checkpoint records.
+"""Checks of the files a run keeps beside its store: the kept results of the analyses
+(``RUN/analyses/*.json``) and the sweep's checkpoint records (the datamodels' .npz is checked
+by ``datamodels.artifacts``).
 
 Each check looks at structure and types before anything uses the values, and names the file
 and the problem in a one-line ``DatamodelsError``: a damaged, hand-edited or foreign file is
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import math
 from typing import Any, List
-
-import numpy as np
 
 from ..errors import DatamodelsError
 
@@ -167,34 +166,3 @@ def check_checkpoints(records: List, path) -> List[dict]:
             raise DatamodelsError(f"{where}: per_target has {len(record['per_target'])} values, earlier records of "
                                   f"the same settings {size}")
     return records
-
-
-# ---- the datamodels .npz ---------------------------------------------------------------------------
-
-def check_datamodels(dm: dict, path) -> dict:
-    """Fitted datamodels (the arrays of their .npz) checked: weight [N, T] of finite numbers, bias
-    [T] of finite numbers, targets [T] of whole numbers >= 0."""
-    def array(key, kinds, ndim):
-        a = np.asarray(dm[key])
-        if a.dtype.kind not in kinds:
-            raise DatamodelsError(f"{path}: {key} has dtype {a.dtype}, not "
-                                  f"{'whole numbers' if kinds == 'iu' else 'numbers'}")
-        if a.ndim != ndim:
-            raise DatamodelsError(f"{path}: {key} has shape {list(a.shape)}, expected {ndim} dimension(s)")
-        return a
-
-    weight, bias = array("weight", "fiu", 2), array("bias", "fiu", 1)
-    targets = array("targets", "iu", 1) if "targets" in dm else np.arange(weight.shape[1])
-    T = weight.shape[1]
-    if T == 0 or weight.shape[0] == 0:
-        raise DatamodelsError(f"{path}: weight has shape {list(weight.shape)}: no datamodels")
-    if bias.shape != (T,) or targets.shape != (T,):
-        raise DatamodelsError(f"{path}: {T} weight columns, {bias.size} biases and {targets.size} target indices "
-                              f"should be equal in number")
-    if len(targets) and targets.min() < 0:
-        raise DatamodelsError(f"{path}: targets holds the negative index {int(targets.min())}")
-    for key, a in (("weight", weight), ("bias", bias)):
-        bad = int(np.count_nonzero(~np.isfinite(a)))
-        if bad:
-            raise DatamodelsError(f"{path}: {key} has {bad} non-finite values (NaN or inf)")
-    return dm
