@@ -5,14 +5,14 @@ Both methods run on the same store, with the same procedure, and are scored with
 held-out LDS (``datamodels.evaluate.lds``):
 
 1. the completed fitting rows, split into training and validation rows by the same seeded
-   rule (``datamodels.fit._validation_rows``);
+   rule (``datamodels.regression.validation_rows``);
 2. masks centred and scaled to unit variance over the training rows;
 3. per target, 40 λs from λ_max = max|X̃ᵀ(y − ȳ)|/n down to 1e-3·λ_max, geometrically
    (sklearn's ``alpha`` is this λ: both minimise (1/2n)‖y − ȳ − X̃w‖² + λ‖w‖₁);
 4. the λ with the lowest validation MSE, then a refit on all fitting rows at that λ,
    warm-started from the training solution.
 
-Ours (``ours``) is ``datamodels.fit.fit`` with its defaults (tol 1e-4 on the relative change
+Ours (``ours``) is ``datamodels.regression.fit`` with its defaults (tol 1e-4 on the relative change
 of the weights, float32, all targets at once).  The baseline runs ``lasso_path`` once per
 target with the precomputed Gram (``precompute=Gram, Xy=``), sklearn's default tolerance,
 targets spread over all cores with joblib (threads: the coordinate-descent loop releases the
@@ -109,7 +109,7 @@ def synthetic_store(path: Path, num_train, num_targets, num_fit, num_eval, plant
 
 # ---- the methods, each run in a child process --------------------------------------------------
 def run_ours(store_path: str, out: str) -> None:
-    from datamodels.fit import fit
+    from datamodels.regression import fit
 
     fit(store_path, out, progress=False, **PATH_SETTINGS)  # DATAMODELS_GRAM_KERNEL (set by measure) forces a kernel
 
@@ -119,7 +119,8 @@ def run_baseline(store_path: str, out: str, solver: str) -> None:
     and validation rows, λ per target by validation MSE, refit on all rows warm-started."""
     from joblib import Parallel, delayed, effective_n_jobs
 
-    from datamodels.fit import _validation_rows, save
+    from datamodels.artifacts import save
+    from datamodels.regression import validation_rows as _validation_rows
     from datamodels.store import Store
 
     store = Store(store_path)
@@ -262,7 +263,7 @@ def child(method: str, store: str, out: str, stats_path: str) -> None:
     # Libraries are loaded before the clock starts: the benchmark times fitting, not imports.
     import datamodels.store  # noqa: F401
     import torch  # noqa: F401
-    from datamodels.fit import fit  # noqa: F401
+    from datamodels.regression import fit  # noqa: F401
     if not method.startswith("ours"):
         import joblib
         import sklearn.linear_model  # noqa: F401
@@ -298,7 +299,7 @@ def measure(method: str, store: Path, work: Path, emulate: str = None) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
     from datamodels.evaluate import lds
-    from datamodels.fit import load
+    from datamodels.artifacts import load
 
     dm = load(out)
     result = json.loads(stats.read_text())

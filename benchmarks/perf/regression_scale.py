@@ -10,7 +10,7 @@ which also reports, from inside the fit:
 - the XᵀX rate (2·M·N² flops over the reading time) against the same process's GEMM rate for
   the chosen kernel on one chunk of the same shape, measured just before the fit;
 - seconds per λ step of the path (the median over steps), and the mean support size;
-- the estimate ``datamodels.fit.memory_estimate`` made, and the bound the README states:
+- the estimate ``datamodels.regression.memory_estimate`` made, and the bound the README states:
   2 · N² · (bytes of a Gram entry) + O(N·T) + 1.5 GiB.
 
 The held-out LDS is reported beside the planted truth's own LDS (the oracle) on the same models.
@@ -38,15 +38,15 @@ HERE = Path(__file__).resolve().parent
 CHILD = r'''
 import importlib, json, statistics, sys, time
 import numpy as np, torch
-F = importlib.import_module("datamodels.fit")  # the package exports the function fit under the same name
-from datamodels import hardware
+from datamodels.regression import api as F, gram, solver, stats
+from datamodels import artifacts, hardware
 from datamodels.store import Store
 
 store_path, out = sys.argv[1], sys.argv[2]
 store = Store(store_path)
 N, rows = store.num_train, store.rows("fit")
-kernel = F._GRAM_KERNELS[F.gram_kernel(N, "cpu", len(rows))]
-m = min(F._chunk_step(8192, N), len(rows))
+kernel = gram.GRAM_KERNELS[gram.gram_kernel(N, "cpu", len(rows))]
+m = min(stats.chunk_step(8192, N), len(rows))
 x = torch.from_numpy(np.asarray(store.masks[rows[:m]]))
 xx = torch.zeros(N, N)
 times = []
@@ -63,19 +63,19 @@ def timed(name, f):
         finally:
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
     return g
-F._accumulate = timed("read_s", F._accumulate)
-F._solve = timed("solve_s", F._solve)
-solve = F._Lasso.solve
+F.accumulate = timed("read_s", F.accumulate)
+F.solve_path = timed("solve_s", F.solve_path)
+solve = solver.Lasso.solve
 def step(self, C, lam, W, R, lam_prev):
     t = time.perf_counter(); res = solve(self, C, lam, W, R, lam_prev)
     steps.append((time.perf_counter() - t, float((res[0] != 0).sum(0).float().mean())))
     print(f"solve {len(steps)}: {steps[-1][0]:.2f} s, mean support {steps[-1][1]:.0f}", file=sys.stderr, flush=True)
     return res
-F._Lasso.solve = step
+solver.Lasso.solve = step
 t = time.perf_counter()
 dm = F.fit(store_path, progress=False)
 total = time.perf_counter() - t
-F.save(dm, out)
+artifacts.save(dm, out)
 path = steps[:-1]  # the last solve is the refit
 print(json.dumps({**phases, "total_s": total, "gemm_rate_gflops": gemm_rate / 1e9,
                   "xtx_rate_gflops": 2 * len(rows) * N * N / phases["read_s"] / 1e9,
@@ -98,7 +98,8 @@ def _save(args, sizes, machine, results) -> Path:
 
 def run(args, synthetic_store, machine_info) -> int:
     from datamodels.evaluate import lds
-    from datamodels.fit import load, memory_estimate
+    from datamodels.artifacts import load
+    from datamodels.regression import memory_estimate
 
     sizes = [int(n) for n in str(args.n).split(",")] if args.n else [2000, 5000, 10000, 20000]
     results = []

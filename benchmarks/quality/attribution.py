@@ -200,9 +200,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     from datamodels import config as config_lib
-    from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.evaluate import lds
-    from datamodels.fit import fit
+    from datamodels.regression import fit
     from datamodels.prepare import load_arrays
     from datamodels.store import Store
 
@@ -250,7 +249,7 @@ def main(argv=None) -> int:
         t = time.time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # unconverged targets at small n
-            dm = fit(_FirstRows(store, n), **options)
+            dm = fit(store, rows=store.rows("fit")[:n], **options)
         fit_s = time.time() - t
         row = {"num_models": n, "fit_s": round(fit_s, 2), **summary(lds(store, dm, rows=test_rows))}
         results["datamodels"].append(row)

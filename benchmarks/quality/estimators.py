@@ -69,16 +69,15 @@ def main(argv=None) -> int:
     import importlib
 
     from datamodels import config as config_lib
-    from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.evaluate import lds
     from datamodels.priors import trak
     from datamodels.store import Store
     from datamodels.sweep import sweep
 
-    fit = importlib.import_module("datamodels.fit").fit
+    fit = importlib.import_module("datamodels.regression").fit
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    prior_models = args.prior_models or config_lib.FitConfig().prior_models
+    prior_models = args.prior_models or config_lib.FitOptions().prior_models
     info = machine_info("ray")
     tmp = Path(tempfile.mkdtemp(prefix="estimators-bench-"))
     results = {}
@@ -98,12 +97,12 @@ def main(argv=None) -> int:
                 rows = store.rows("fit")
                 trak_cache, points = {}, []
                 for n in sizes:
-                    sub = _FirstRows(store, n)
+                    sub = rows[:n]  # the first n fitting models
                     # at least 2 validation models (2 of 10 at n = 10); the default 10 % from n = 25 on
                     val_fraction = max(0.1, 2.5 / n)
                     point = {"n": n, "val_fraction": val_fraction}
                     started = time.perf_counter()
-                    plain = fit(sub, progress=False, seed=seed, val_fraction=val_fraction)
+                    plain = fit(store, rows=sub, progress=False, seed=seed, val_fraction=val_fraction)
                     point["plain_fit_s"] = round(time.perf_counter() - started, 2)
                     point["plain"] = lds(store, plain)["lds"]
                     estimators = (("trak", min(n, args.trak_max), {"num_lambdas": 1}),
@@ -115,7 +114,8 @@ def main(argv=None) -> int:
                             trak_cache[m] = (trak(cfg, rows=rows[:m], progress=False), time.perf_counter() - started)
                         scores, scores_s = trak_cache[m]
                         started = time.perf_counter()
-                        dm = fit(sub, progress=False, seed=seed, prior=scores, val_fraction=val_fraction, **options)
+                        dm = fit(store, rows=sub, progress=False, seed=seed, prior=scores, val_fraction=val_fraction,
+                                 **options)
                         point[f"{label}_fit_s"] = round(time.perf_counter() - started, 2)
                         point[f"{label}_models"] = m
                         point[f"{label}_scores_s"] = round(scores_s, 2)

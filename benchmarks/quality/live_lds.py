@@ -12,7 +12,7 @@ On each data set (the digits default, and ``synthetic``: the ``npz`` image set o
    reaches at about the same share of its models), against the true count read off the full
    run's checkpoints (the first checkpoint at or above the level, and the crossing interpolated
    between the two checkpoints around it).  Made for the default interval (the sweep's own log)
-   and for a finer one (``--fine-every``; computed with ``datamodels.checkpoints.replay``, equal
+   and for a finer one (``--fine-every``; computed with ``datamodels.live.replay``, equal
    to what a sweep with that interval logs).
 3. **Stop rule.**  A fresh sweep with ``sweep.until_lds`` at the level: where it stopped, against
    the first checkpoint of the full run at or above the level.
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE.parent / "results" / "live_lds.json"))
     args = p.parse_args(argv)
 
-    from datamodels import checkpoints as live
+    from datamodels import live
     from datamodels import config as config_lib
     from datamodels.prepare import prepare
     from datamodels.store import Store
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             fine = live.replay(with_live[0]["store"], with_live[0]["config"], every=args.fine_every)
             replay_s = time.perf_counter() - started
-            forecasts = {"default": forecast_check(full, live.interval(with_live[0]["config"].sweep)),
+            forecasts = {"default": forecast_check(full, config_lib.interval(with_live[0]["config"].sweep)),
                          "fine": forecast_check(fine, args.fine_every)}
             stopped = run("until", until_lds=level)
             stop_log = live.read_log(stopped["store"])

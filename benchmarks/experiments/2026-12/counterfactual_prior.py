@@ -41,7 +41,6 @@ def main(argv=None) -> dict:
     from datamodels import config as config_lib
     from datamodels.analyses._run import Run
     from datamodels.analyses.counterfactual import counterfactual, pick_targets
-    from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.priors import trak
     from datamodels.store import Store
 
@@ -52,7 +51,7 @@ def main(argv=None) -> dict:
     fits = {"default, all models": datamodels.fit(store, progress=False)}
     for n in (int(v) for v in args.sizes.split(",")):
         for gamma in (0.0, 0.5):
-            fits[f"prior, gamma {gamma}, {n} models"] = datamodels.fit(_FirstRows(store, n), prior=prior,
+            fits[f"prior, gamma {gamma}, {n} models"] = datamodels.fit(store, rows=store.rows("fit")[:n], prior=prior,
                                                                        prior_gamma=gamma, progress=False)
     targets = None
     rows = []
