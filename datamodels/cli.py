@@ -83,9 +83,9 @@ def cmd_fit(args) -> int:
     from .regression import fit, resolve_options
     from .store import Store
 
+    arguments.check_fit_args(args)  # the command line's own checks, which name its flags
     # Every fit option is an argument of the same name; checked before minutes of retraining for the prior.
     options = resolve_options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitOptions)})
-    arguments.check_fit_args(args)
 
     store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
     if args.prior == "trak" and store.seed is None:  # TRAK retrains the store's own models, seeds and all
