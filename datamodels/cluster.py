@@ -341,7 +341,9 @@ def _loopback_node():
             ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def _start_local(request: Optional[Request]) -> None:
+def start_local(request: Optional[Request] = None) -> None:
+    """Start a local Ray instance on 127.0.0.1 alone, sized to this machine (or ``request``), with
+    the watchdog that ends its processes with this one; ``stop_local_ray`` stops it."""
     import ray
 
     offer = _check_local(request)
@@ -374,7 +376,7 @@ def _connect(address: Optional[str], request: Optional[Request] = None) -> bool:
     check_reachable(target)
     try:
         if target is None:
-            _start_local(request)
+            start_local(request)
         else:
             ray.init(address=target, logging_level="ERROR", log_to_driver=True)
     except DatamodelsError:

@@ -14,6 +14,8 @@ sys.path.insert(0, str(HERE / "helpers"))
 # Hardware choices (precision, K) measured by the tests stay with the test session, and every
 # process of it (CLI subprocesses included) shares them, as the processes of one machine do.
 os.environ.setdefault("DATAMODELS_CACHE_DIR", tempfile.mkdtemp(prefix="datamodels-test-choices-"))
+# The Ray workers' copies of the prepared data stay with the test session too, not in ~/.cache.
+os.environ.setdefault("DATAMODELS_CACHE", tempfile.mkdtemp(prefix="datamodels-test-data-"))
 
 
 def tiny_config(tmp_path, **sections):
@@ -37,9 +39,9 @@ def tiny_config(tmp_path, **sections):
 @pytest.fixture(scope="session")
 def _ray_shutdown_at_exit():
     yield
-    import ray
+    from datamodels.cluster import stop_local_ray
 
-    ray.shutdown()
+    stop_local_ray()
 
 
 @pytest.fixture
@@ -48,8 +50,10 @@ def ray_local(_ray_shutdown_at_exit):
     another cluster shut it down and the next test that asks for it starts it again."""
     import ray
 
+    from datamodels.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        start_local()  # on 127.0.0.1 alone, as a sweep's own
 
 
 @pytest.fixture(scope="session")
