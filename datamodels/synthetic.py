@@ -17,12 +17,12 @@ change with ``num_train``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import DatamodelsError
+from .resources import available_memory
 
 __all__ = ["SyntheticData", "generate", "images_bytes", "check_memory"]
 
@@ -135,19 +135,8 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 
 
 def _available_memory():
-    """Bytes available to this process (MemAvailable, capped by a cgroup limit), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-    limit, used = (Path("/sys/fs/cgroup") / name for name in ("memory.max", "memory.current"))
-    try:
-        if limit.exists() and limit.read_text().strip() != "max":
-            available = min(available, int(limit.read_text()) - int(used.read_text()))
-    except (OSError, ValueError):
-        pass
-    return available
+    """Bytes available to this process, or None if unknown (``resources.available_memory``)."""
+    return available_memory()
 
 
 def _gib(num_bytes: int) -> str:

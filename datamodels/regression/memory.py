@@ -5,13 +5,13 @@ import contextlib
 import functools
 import os
 import threading
-from pathlib import Path
 from typing import Tuple
 
 import torch
 
 from ..config import FitOptions
 from ..errors import DatamodelsError
+from ..resources import available_memory as host_available_memory
 from ..store import Store
 from .stats import EXACT_FLOAT32, chunk_step
 
@@ -49,15 +49,7 @@ def available_memory(device) -> Tuple[int, str]:
     dev = torch.device(device)
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0]), f"free on {dev}"
-    free = None
-    try:
-        with open("/proc/meminfo") as f:
-            free = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
-        limit, used = (Path("/sys/fs/cgroup") / name for name in ("memory.max", "memory.current"))
-        if limit.exists() and limit.read_text().strip() != "max":
-            free = min(free, int(limit.read_text()) - int(used.read_text()))
-    except (OSError, StopIteration, ValueError):
-        pass
+    free = host_available_memory()
     return (free if free is not None else -1), "available"
 
 
