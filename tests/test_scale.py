@@ -1,0 +1,66 @@
+"""Stages at scale: memory estimates against measured peaks, and the learning curve from prefix
+statistics against one fit per point."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from datamodels import analyses
+from datamodels.errors import DatamodelsError
+from datamodels.evaluate import lds
+from datamodels.regression import fit
+from datamodels.store import Store
+
+
+def sparse_store(path, num_train, num_fit, num_eval, targets, seed=0, noise=0.2):
+    """A store whose margins come from a sparse linear truth (5 examples per target) plus noise."""
+    store = Store.create(path, num_train=num_train, num_targets=targets, alpha=0.5, seed=seed)
+    store.grow(num_fit, num_eval)
+    rng = np.random.default_rng(seed)
+    weight = np.zeros((num_train, targets))
+    weight[rng.choice(num_train, 5 * targets, replace=False), np.repeat(np.arange(targets), 5)] = 1.0
+    rows = np.arange(store.num_models)
+    x = np.asarray(store.masks[rows], dtype=np.float64)
+    store.write(rows, (x @ weight + rng.normal(0, noise, (len(rows), targets))).astype(np.float32))
+    return store
+
+
+def measured_peak(code: str):
+    """(peak RSS over the RSS before, the estimate) in KiB, from ``code`` run in a fresh process that
+    defines ``work()`` and ``estimate`` (bytes)."""
+    script = ("rss = lambda key: int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith(key)))\n"
+              + code + "\nbefore = rss('VmRSS')\nwork()\nprint(rss('VmHWM') - before, int(estimate) // 1024)")
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    return tuple(map(int, out.split()[-2:]))
+
+
+def within(measured: int, estimate: int) -> bool:
+    """The estimate is within 25 % of the measured peak, or above it (never below by more)."""
+    return estimate >= 0.75 * measured and (estimate <= 1.25 * measured or estimate >= measured)
+
+
+# ---- the learning curve from prefix statistics -----------------------------------------------------
+
+def test_learning_curve_from_prefix_statistics_equals_one_fit_per_point(tmp_path):
+    store = sparse_store(tmp_path / "s", num_train=60, num_fit=400, num_eval=80, targets=6)
+    dm = fit(store, progress=False, num_lambdas=12)
+    run = analyses.Run(tmp_path, datamodels=dm, store=store)
+    sizes = [50, 120, 250, 400]
+    options = {"num_lambdas": 12, "seed": 0}
+    curve = analyses.learning_curve(run, sizes=sizes, num_targets=None, fit_options=options, progress=False)
+    rows = store.rows("fit")
+    for point, n in zip(curve["points"], sizes):
+        refit = dm if n == 400 else fit(store, rows=rows[:n], progress=False, **options)
+        assert point["num_models"] == n
+        assert point["lds"] == pytest.approx(lds(store, refit)["lds"], abs=1e-6), n
+    # the points differ: the curve is not one fit repeated
+    assert len({round(p["lds"], 4) for p in curve["points"]}) == len(sizes)
+    # each point's datamodels equal that fit's, not just its LDS: up to the solver's tolerance
+    # (fit.tol), which the float32 solve reaches from sums taken in another order
+    from datamodels.analyses.learning_curve import prefix_fits
+
+    for n, got in zip([120, 250], prefix_fits(store, rows, [120, 250], np.arange(6), options)):
+        want = fit(store, rows=rows[:n], progress=False, **options)
+        np.testing.assert_allclose(got["weight"], want["weight"], atol=2e-4)
+        np.testing.assert_allclose(got["bias"], want["bias"], atol=2e-4)
