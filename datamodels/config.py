@@ -77,6 +77,10 @@ class SweepConfig:
     checkpoint_targets: int = 100  # targets sampled for the live LDS; 0: all
     until_lds: Optional[float] = None  # stop once a checkpoint's LDS reaches this
     until_gain: Optional[float] = None  # stop once the forecast gain from doubling the models is below this
+    # Each held-out mask trained with this many seeds (extra held-out rows sharing the mask): >= 2
+    # gives the seed-mean LDS protocol (TRAK's) and the noise ceiling (docs/lds-protocols.md).
+    eval_seeds: int = 1
+    deterministic: bool = False  # every model trained with one fixed seed (MAGIC's setting)
 
 
 @dataclass
@@ -283,6 +287,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(s.max_in_flight >= 0, f"sweep.max_in_flight must be >= 0, got {s.max_in_flight}")
     _check(s.margins_dtype in ("float16", "float32", "float64"),
            f"sweep.margins_dtype must be float16, float32 or float64, got {s.margins_dtype!r}")
+    _check(s.eval_seeds >= 1, f"sweep.eval_seeds must be >= 1, got {s.eval_seeds}")
+    _check(s.eval_seeds == 1 or not s.deterministic, f"sweep.eval_seeds={s.eval_seeds} with sweep.deterministic: "
+           f"every seed of a mask would train the same model; use one")
     _check_live(s)
     check_fit_options(f)
     cfg.worker = worker_config(cfg.worker)

@@ -13,13 +13,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import metrics
+from .metrics import protocol_shape
 from .artifacts import as_datamodels
 from .errors import DatamodelsError
 from .store import Store
 
 
 def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows: int = 8192, *,
-        scores=None, transpose: bool = False, eval_rows=None, spec=None) -> dict:
+        scores=None, transpose: bool = False, eval_rows=None, spec=None, protocol: str = "single") -> dict:
     """The LDS of ``datamodels`` (a dict from ``fit`` or the path of its .npz) on ``store``.
 
     ``scores`` instead of ``datamodels``: any attribution method's scores (TRAK, influence
@@ -29,7 +30,12 @@ def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows
     ranks).  ``store`` is a ``Store`` or a path, opened with ``spec`` and ``eval_rows`` (see
     ``Store``).
 
-    ``rows`` overrides the rows scored (default: the completed evaluation rows).  Returns
+    ``protocol`` (``metrics.PROTOCOLS``, docs/lds-protocols.md): which held-out masks and how many
+    of each mask's seeds (``sweep.eval_seeds``) make the ground truth, their margins averaged.
+    ``rows`` overrides the rows scored (default: the completed evaluation rows), one model each.
+    Besides the LDS: ``ci``, its bootstrap interval over the held-out masks, and ``ceiling``, the
+    highest LDS any predictor could reach under this protocol (``metrics.noise_ceiling``; it needs
+    >= 2 seeds per mask, else ``{"available": False}``).  Returns
     ``{"lds": mean over targets, "per_target": [T], "num_models": rows scored,
     "num_targets": T, "num_undefined": targets whose correlation is undefined,
     "quantiles": {...} of the defined per-target values}``.  A target whose actual or
@@ -56,8 +62,11 @@ def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows
         _check_shapes(store, weight, bias, cols)
         _warn_if_fitted_on_eval_rows(store, dm)
 
+    protocol_shape(protocol, 0, 0)  # an unknown name is refused before any work
+    groups = None
     if rows is None:
-        rows = store.rows("eval")
+        groups = held_out_groups(store)
+        rows = groups[:, 0]
         if len(rows) == 0:
             hint = ("hold out rows of it with --eval-rows A:B (and fit with the same --eval-rows)"
                     if store.reference_layout else "grow the sweep's num_eval_models and run it")
@@ -73,17 +82,55 @@ def lds(store, datamodels=None, rows: Optional[Sequence[int]] = None, chunk_rows
         raise DatamodelsError(f"a rank correlation needs at least 2 models; store {store.path} has {len(rows)} "
                               f"completed evaluation rows")
 
+    if groups is None:
+        groups = np.asarray(rows)[:, None]
+    num_masks, seeds = protocol_shape(protocol, len(groups), groups.shape[1])
+    groups = groups[:num_masks]
+    rows = groups[:, 0]
     predicted = np.empty((len(rows), len(cols)), dtype=np.float64)
-    actual = np.empty_like(predicted)
+    margins = np.empty((len(rows), groups.shape[1], len(cols)), dtype=np.float64)
     for start in range(0, len(rows), chunk_rows):
-        r = rows[start:start + chunk_rows]
-        predicted[start:start + len(r)] = np.asarray(store.masks[r], dtype=np.float32) @ weight + bias
-        actual[start:start + len(r)] = np.asarray(store.margins[r], dtype=np.float64)[:, cols]
+        g = groups[start:start + chunk_rows]
+        predicted[start:start + len(g)] = np.asarray(store.masks[g[:, 0]], dtype=np.float32) @ weight + bias
+        margins[start:start + len(g)] = np.asarray(store.margins[g.ravel()], dtype=np.float64)[:, cols].reshape(
+            len(g), g.shape[1], len(cols))
+    actual = margins[:, :seeds].mean(1)
 
     result = metrics.lds(predicted, actual)
     return {"lds": result["lds"], "per_target": result["per_target"], "num_models": int(len(rows)),
             "num_targets": int(len(cols)), "num_undefined": result["num_undefined"], "quantiles": result["quantiles"],
-            "dropped": result["dropped"]}  # {reason: targets} of those without an LDS (metrics.DROP_REASONS)
+            "dropped": result["dropped"],  # {reason: targets} of those without an LDS (metrics.DROP_REASONS)
+            "protocol": {"name": protocol, "masks": int(len(rows)), "seeds_per_mask": int(seeds)},
+            "ci": metrics.lds_interval(predicted, actual), "ceiling": _public(metrics.noise_ceiling(margins, seeds))}
+
+
+def held_out_groups(store: Store) -> np.ndarray:
+    """[masks, r] the completed held-out rows, one line per held-out mask and one column per seed
+    it was trained with (``sweep.eval_seeds``: the store's consecutive held-out rows in groups of
+    r share a mask); r = 1 for stores without repeats and for rows held out with ``eval_rows``.
+    A mask with any seed unfinished is left out."""
+    r = int(store.meta.get("eval_seeds", 1)) if store.eval_override is None else 1
+    rows = store.rows("eval", completed_only=False)
+    done = np.asarray(store.completed, dtype=bool)[rows]
+    whole = len(rows) // r * r
+    groups, complete = rows[:whole].reshape(-1, r), done[:whole].reshape(-1, r).all(1)
+    return groups[complete]
+
+
+def ceiling(store, protocol: str = "single", *, eval_rows=None, spec=None) -> dict:
+    """The noise ceiling of ``store``'s held-out models under ``protocol`` (``metrics.noise_ceiling``),
+    from the margins alone: no datamodels needed."""
+    store = store if isinstance(store, Store) else Store(store, spec=spec, eval_rows=eval_rows)
+    groups = held_out_groups(store)
+    num_masks, seeds = protocol_shape(protocol, len(groups), groups.shape[1])
+    groups = groups[:num_masks]
+    margins = np.asarray(store.margins[groups.ravel()], dtype=np.float64).reshape(*groups.shape, -1)
+    return {"protocol": protocol, **_public(metrics.noise_ceiling(margins, seeds))}
+
+
+def _public(result: dict) -> dict:
+    """A result without its per-target arrays (kept small for JSON and logs)."""
+    return {k: v for k, v in result.items() if k != "per_target"}
 
 
 def load_scores(scores, store: Store, transpose: bool = False) -> np.ndarray:

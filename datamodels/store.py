@@ -351,10 +351,13 @@ class Store:
                 on_allocated()
             current = self.path / "masks.npy"
             masks = np.lib.format.open_memmap(current, mode="r+")
+            # Held-out rows come in groups of eval_seeds models of one mask (the group's first row's).
+            first_eval, seeds_per_mask = old + add_fit, int(self.meta.get("eval_seeds", 1))
             for start in range(old, new, chunk):
                 stop = min(new, start + chunk)
-                masks[start:stop] = np.stack([subset_mask(seed, i, self.num_train, alpha)
-                                              for i in range(start, stop)])
+                masks[start:stop] = np.stack([subset_mask(seed, i if i < first_eval else first_eval + (
+                    i - first_eval) // seeds_per_mask * seeds_per_mask, self.num_train, alpha)
+                    for i in range(start, stop)])
             masks.flush()
             del masks
             spec = json.loads(json.dumps(self.spec))

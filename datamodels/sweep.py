@@ -104,7 +104,9 @@ def open_store(cfg, meta: dict) -> Tuple[Store, dict, int]:
         _check_matches(path, {
             "alpha": (store.alpha, float(cfg.sweep.alpha)), "seed": (store.seed, int(cfg.seed)),
             "num_train": (store.num_train, int(meta["num_train"])), "num_targets": (store.num_targets, num_targets),
-            "margins_dtype": (str(store.margins.dtype), cfg.sweep.margins_dtype)})
+            "margins_dtype": (str(store.margins.dtype), cfg.sweep.margins_dtype),
+            "sweep.eval_seeds": (int(store.meta.get("eval_seeds", 1)), int(cfg.sweep.eval_seeds)),
+            "sweep.deterministic": (bool(store.meta.get("deterministic", False)), bool(cfg.sweep.deterministic))})
         if isinstance(made_with, dict):
             explicit = {k: v for k, v in _training_settings(config_lib.to_dict(cfg.worker)).items() if v != "auto"}
             _check_matches(path, {f"worker.{k}": (made_with.get(k), v) for k, v in explicit.items()})
@@ -113,11 +115,26 @@ def open_store(cfg, meta: dict) -> Tuple[Store, dict, int]:
     if store is None:
         store = Store.create(path, num_train=meta["num_train"], num_targets=num_targets,
                              alpha=cfg.sweep.alpha, seed=cfg.seed, margins_dtype=cfg.sweep.margins_dtype,
-                             extra={"targets": cfg.data.targets, "worker": asked})
+                             extra={"targets": cfg.data.targets, "worker": asked, **_protocol_meta(cfg.sweep)})
     elif isinstance(made_with, dict):  # mixing models of different training settings would be silent garbage
         _check_matches(path, {f"worker.{k}": (made_with.get(k), asked.get(k))
                               for k in sorted(set(made_with) | set(asked))})
     return store, worker, models_per_task
+
+
+def _protocol_meta(s) -> dict:
+    """How the store's models are seeded, recorded only where it differs from the default so
+    stores made before these settings existed open unchanged."""
+    return {**({"eval_seeds": int(s.eval_seeds)} if s.eval_seeds > 1 else {}),
+            **({"deterministic": True} if s.deterministic else {})}
+
+
+def training_seeds(store: Store, rows) -> np.ndarray:
+    """The seeds of the models at ``rows``: one fixed seed for all under deterministic training
+    (the store's ``deterministic``), else each row's own."""
+    if store.meta.get("deterministic"):
+        return np.full(len(rows), model_seed(store.seed, 0), dtype=np.int64)
+    return model_seeds(store.seed, rows)
 
 
 def _check_matches(path: Path, expected: Dict[str, Tuple[Any, Any]]) -> None:
@@ -251,9 +268,9 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
             """Grow the store; the unfinished rows and their tasks, held-out models first (so
             the live LDS is scored from the first checkpoint on; a stable sort: within each
             part, the row order of an undisturbed sweep)."""
-            store.grow(s.num_models, s.num_eval_models, on_allocated=on_allocated)
+            store.grow(s.num_models, s.num_eval_models * s.eval_seeds, on_allocated=on_allocated)
             todo = np.flatnonzero(~np.asarray(store.completed, dtype=bool))
-            tasks = [(rows, np.asarray(store.masks[rows]), model_seeds(store.seed, rows))
+            tasks = [(rows, np.asarray(store.masks[rows]), training_seeds(store, rows))
                      for rows in pack_tasks(todo, models_per_task)]
             is_eval = store.is_eval
             tasks.sort(key=lambda task: not is_eval[task[0]].any())
@@ -262,7 +279,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
         with hardware.log_on_success():  # the choices are logged once the store has grown
             store, worker, models_per_task = open_store(cfg, meta)
             locked.enter_context(store.lock())
-            if store.num_models - store.num_eval < s.num_models or store.num_eval < s.num_eval_models:
+            if store.num_models - store.num_eval < s.num_models or store.num_eval < s.num_eval_models * s.eval_seeds:
                 # new rows to make: Ray starts meanwhile (and a resume starts it only if needed)
                 todo, tasks = _plan_while_connecting(plan, on_ray, address, request)
             else:
@@ -298,7 +315,7 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
                 on_ray.enter_context(ray_session(address, request))  # a no-op if connected above
                 summary.update(execute(tasks, cfg, data_dir, store.num_targets, on_result, on_failure, progress,
                                        desc="sweep", worker=worker,
-                                       should_stop=lambda: live is not None and live.stop is not None,
+                                       should_stop=None if live is None else (lambda: live.stop is not None),
                                        postfix=postfix))
         except BaseException:
             if live is not None:
@@ -450,7 +467,9 @@ def execute(tasks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]], cfg, data_di
                 pending.clear()
             while pending and len(in_flight) < max_in_flight:
                 submit(pending.pop())
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0 if s.task_timeout_s else None)
+            # A deadline or a stop rule is looked at every second, not only when a task finishes.
+            wake = 1.0 if s.task_timeout_s or should_stop is not None else None
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=wake)
             for ref in done:
                 task, _, attempt = in_flight.pop(ref)
                 try:
