@@ -21,6 +21,8 @@ the store and writes the results.  Optional, each checked here when present:
   sweep, on the driver (``meta``: the prepared data's ``meta.json``).
 * ``default_models_per_task(worker[, meta]) -> int``: K when ``sweep.models_per_task`` is 0.
 * ``gradient_kernels(masks, seeds, config)``: what TRAK priors (``fit.prior: trak``) need.
+* ``gradient_features(masks, seeds, config)``: the per-example gradients themselves, with which
+  the TRAK prior works in their dimension instead of N×N when N is larger.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import numpy as np
 
 from .errors import DatamodelsError
 
-HOOKS = ("resolve", "default_models_per_task", "gradient_kernels")
+HOOKS = ("resolve", "default_models_per_task", "gradient_kernels", "gradient_features")
 # Dotted module path of identifiers: no relative imports, file paths or empty parts.
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # Integer settings are passed to numpy and torch, which take at most a signed 64-bit value.

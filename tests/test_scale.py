@@ -64,3 +64,40 @@ def test_learning_curve_from_prefix_statistics_equals_one_fit_per_point(tmp_path
         want = fit(store, rows=rows[:n], progress=False, **options)
         np.testing.assert_allclose(got["weight"], want["weight"], atol=2e-4)
         np.testing.assert_allclose(got["bias"], want["bias"], atol=2e-4)
+
+
+# ---- the TRAK prior in feature space ---------------------------------------------------------------
+
+@pytest.fixture
+def digits_store(tmp_path, prepared_digits):
+    """Prepared digits (N = 1,697, 100 test targets) and a store of 4 completed fitting models:
+    TRAK retrains them from their masks and seeds, no margins needed."""
+    import shutil
+
+    from conftest import tiny_config
+    from datamodels import config
+
+    shutil.copytree(prepared_digits, tmp_path / "run" / "data")
+    cfg = config.coerce(tiny_config(tmp_path, worker={"precision": "float32"}))
+    store = Store.create(tmp_path / "run" / "store", num_train=1697, num_targets=100, alpha=0.5, seed=0)
+    store.grow(4, 2)
+    rows = store.rows("fit", completed_only=False)
+    store.write(rows, np.zeros((len(rows), store.num_targets), dtype=np.float32))
+    return cfg, store
+
+
+def test_trak_in_feature_space_equals_the_kernel_form(digits_store):
+    # The digits MLP (16 hidden units, 64 pixels + 1, 10 classes) has P = 1,210 gradient
+    # features < N = 1,697, so "auto" solves 1,210 x 1,210 systems instead of 1,697 x 1,697 ones.
+    from datamodels.priors import trak
+
+    cfg, _ = digits_store
+    kernel = trak(cfg, num_models=3, ridges=(1.0, 10.0), progress=False, form="kernel")
+    for form in ("features", "auto"):
+        got = trak(cfg, num_models=3, ridges=(1.0, 10.0), progress=False, form=form)
+        for r in (1.0, 10.0):
+            assert got[r].shape == (1697, 100)
+            scale = np.abs(kernel[r]).max()
+            np.testing.assert_allclose(got[r], kernel[r], atol=1e-5 * scale, rtol=0)
+    with pytest.raises(DatamodelsError, match="form must be one of auto, kernel, features"):
+        trak(cfg, num_models=1, progress=False, form="random")

@@ -311,6 +311,35 @@ def gradient_kernels(masks: np.ndarray, seeds: np.ndarray, config: dict):
             yield int(row), k_train.cpu().numpy(), k_target.cpu().numpy(), parts[0][4].cpu().numpy()
 
 
+def gradient_features(masks: np.ndarray, seeds: np.ndarray, config: dict):
+    """Per model, as ``gradient_kernels`` but with the per-example gradients themselves, for
+    training sets larger than the gradient dimension P = hidden·(inputs + 1) + classes·(hidden + 1):
+    yields ``(row, train_features, target_features [T, P], q [N])``, where
+    ``train_features(start, stop)`` is Φ's rows start:stop [stop − start, P] (float64, made on
+    demand: all of Φ would be N·P·8 bytes).  Φ = [u ⊗ x, g ⊗ h, g], whose inner products are
+    the kernels of ``gradient_kernels``."""
+    cfg = Config(**{k: v for k, v in config["worker"].items() if k != "name"})
+    data = config["data"]
+    x_train, y_train = load_split(data["dir"], "train")
+    x_target, y_target = targets(data["dir"], data.get("targets", "test"))
+    for rows, net, (x, xt, onehot, yt) in _trained(x_train, y_train, x_target, y_target, masks, seeds, cfg):
+        w1, w2, b2 = (w.double() for w in net.master)
+        labels = onehot.argmax(1)
+        for i, row in enumerate(rows):
+            train = _gradient_parts(w1[i], w2[i], b2[i], x.double(), labels)
+            target = _gradient_parts(w1[i], w2[i], b2[i], xt.double(), yt)
+            yield (int(row), lambda start, stop, parts=train: _features(parts, start, stop).cpu().numpy(),
+                   _features(target, 0, len(xt)).cpu().numpy(), train[4].cpu().numpy())
+
+
+def _features(parts, start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop of Φ = [u ⊗ x, g ⊗ h, g] from ``_gradient_parts``."""
+    u, xs, g, h = (p[start:stop] for p in parts[:4])
+    n = len(u)
+    return torch.cat([(u[:, :, None] * xs[:, None, :]).reshape(n, -1), (g[:, :, None] * h[:, None, :]).reshape(n, -1),
+                      g], dim=1)
+
+
 def kernel_parts(train, target):
     """[(ΦΦᵀ, Φ_targetΦᵀ)] of each parameter group (first layer; second layer's weights; its
     bias), from ``_gradient_parts`` of the training and target examples: their sums are the
