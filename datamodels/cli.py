@@ -54,8 +54,9 @@ def cmd_status(args) -> int:
     store = Store(args.store, spec=args.spec, eval_rows=args.eval_rows)
     s = store.summary()
     live = live_lds(store, levels=args.lds or (), budgets=args.budget or ())
+    noise = _status_ceiling(store)
     if args.json:
-        _print_json({**s, "live": live})
+        _print_json({**s, "live": live, "ceiling": noise})
     else:
         print(f"store {s['path']}: {s['completed']}/{s['num_models']} models complete "
               f"(fit {s['fit']['completed']}/{s['fit']['total']}, eval {s['eval']['completed']}/{s['eval']['total']}); "
@@ -73,7 +74,20 @@ def cmd_status(args) -> int:
                 print(f"  ... and {len(s['failures']) - 20} more (--json lists all)")
         for line in describe(live):
             print(line)
+        if noise is not None:
+            from .metrics import ceiling_text
+
+            print(f"held-out models: {noise['num_masks']} masks x {noise['seeds_per_mask']} seeds"
+                  + ceiling_text(noise).replace(";", ",", 1) + " (protocol single)" if noise.get("available")
+                  else ceiling_text(noise).lstrip("; "))
     return 1 if s["failures"] else 0
+
+
+def _status_ceiling(store):
+    """The noise ceiling of the store's held-out models (single-seed truth), or None without any."""
+    from .evaluate import ceiling, held_out_groups
+
+    return ceiling(store) if len(held_out_groups(store)) else None
 
 
 def cmd_fit(args) -> int:
@@ -151,9 +165,9 @@ def cmd_evaluate(args) -> int:
     if args.scores:
         if args.datamodels:
             raise DatamodelsError("give --datamodels or --scores, not both")
-        scores = lds(store, scores=args.scores, transpose=args.transpose)
+        scores = lds(store, scores=args.scores, transpose=args.transpose, protocol=args.protocol)
     else:
-        scores = lds(store, dm)
+        scores = lds(store, dm, protocol=args.protocol)
     if args.json:
         _print_json(scores)
     else:
@@ -430,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score LDS of another attribution method: an .npy matrix N_train x N_targets (positive: the "
                          "training example raises the target's margin) instead of the datamodels")
     sp.add_argument("--transpose", action="store_true", help="the --scores matrix is N_targets x N_train")
+    sp.add_argument("--protocol", choices=["single", "mean", "dattri", "kronfluence"], default="single",
+                    help="the held-out ground truth (docs/lds-protocols.md): single: one seed of every mask; mean: "
+                         "the mean over its seeds (TRAK's); dattri: 100 masks x 1 seed; kronfluence: 100 x 5 seeds")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("query", help="most influential training examples, or nearest targets")

@@ -65,6 +65,8 @@ def run(config=None, *, address=None, progress: bool = True, report: bool = True
     metrics = {
         "lds": scores["lds"],
         "lds_quantiles": scores.get("quantiles"),
+        # The held-out protocol, the LDS's interval and the noise ceiling (docs/lds-protocols.md).
+        **{k: scores[k] for k in ("protocol", "ci", "ceiling") if k in scores},
         "num_models": sweep_summary["num_models"],
         "num_fit_models": int(datamodels["num_models"]),
         "num_eval_models": scores["num_models"],

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from markupsafe import Markup
 
+from . import report_plots
 from .analyses._run import Run, load_result, open_run, rng_for, save_result
 from .errors import DatamodelsError
 
@@ -205,7 +206,7 @@ def _summary(run: Run, scores: Optional[dict]) -> dict:
             ("models for fitting", f"{len(store.rows('fit')):,}"), ("held-out models", f"{len(store.rows('eval')):,}"),
             ("subset fraction α", f"{run.alpha:g}")]
     if scores is not None:
-        kpis.insert(0, ("LDS (held-out)", f"{scores['lds']:.3f}" if _defined(scores) else "n/a"))
+        kpis.insert(0, ("LDS (held-out, 95% CI)", report_plots.lds_figure(scores) if _defined(scores) else "n/a"))
     nnz = np.count_nonzero(run.weight, axis=0)
     kpis.append(("median nonzero weights", f"{int(np.median(nnz)):,}"))
     worker = store.meta.get("worker")
@@ -241,17 +242,11 @@ def _accuracy(run: Run, scores: Optional[dict]) -> dict:
     ax1.set_ylabel("actual margin")
     ax1.set_title(f"{len(rows)} held-out models × {run.num_targets} targets (Pearson r = {r:.3f})", fontsize=10)
     fig.colorbar(hb, ax=ax1, label="count")
-    per_target = np.asarray(scores["per_target"], dtype=np.float64)
-    ax2.hist(per_target[np.isfinite(per_target)], bins=40, color="#4c72b0")
-    ax2.axvline(scores["lds"], color="#e4572e", lw=1.5, label=f"mean {scores['lds']:.3f}")
-    ax2.set_xlabel("Spearman correlation per target")
-    ax2.set_ylabel("targets")
-    ax2.set_title("Linear datamodeling score (LDS) per target", fontsize=10)
-    ax2.legend()
+    report_plots.lds_histogram(ax2, scores)
     return _section("Predicted against actual margins",
                     "Models trained on held-out random subsets, never used for fitting: how well each subset's "
                     "margins are predicted (left), and per target the rank correlation across subsets, whose mean is "
-                    "the LDS (right).", _img(fig, "predicted vs actual margins and LDS histogram"),
+                    "the LDS (right)." + report_plots.ceiling_sentence(scores), _img(fig, "predicted vs actual margins and LDS histogram"),
                     _dropped_note(scores))
 
 
@@ -295,6 +290,7 @@ def _methods(run: Run, dm_scores: Optional[dict], methods: dict) -> dict:
 def _live_lds(run: Run) -> Optional[dict]:
     """The sweep's checkpoints and the learning curve forecast through them, with its band."""
     from .analyses.runfiles import check_checkpoints
+    from .evaluate import ceiling, held_out_groups
     from .live import LOG, comparable, live_lds, read_log
 
     title = "Live LDS and forecast"
@@ -322,6 +318,7 @@ def _live_lds(run: Run) -> Optional[dict]:
     ax.plot(grid, c["a"] - c["b"] * grid ** -c["c"], "--", color="#dd8452",
             label=f"LDS = {c['a']:.3f} - b·n^-{c['c']:.2f}")
     ax.plot(n, y, "o", color="#4c72b0", label="checkpoints (measured during the sweep)")
+    report_plots.ceiling_line(ax, ceiling(run.store) if len(held_out_groups(run.store)) else None)
     ax.set_xscale("log")
     ax.set_xlabel("fitting models")
     ax.set_ylabel(f"LDS ({records[-1]['num_targets']} targets)")
