@@ -172,12 +172,13 @@ def spearman_mean(pred: np.ndarray, actual: np.ndarray) -> float:
     return float(np.mean((a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))))
 
 
-def fitted_lds(rows_store, eval_store) -> tuple:
+def fitted_lds(rows_store, eval_store, n=None) -> tuple:
     """(LDS on ``eval_store``'s held-out models, fit seconds) of the default lasso fitted on
-    ``rows_store``'s fitting rows."""
+    ``rows_store``'s fitting rows (its first ``n`` completed ones, when given)."""
     import datamodels
 
     started = time.perf_counter()
-    dm = datamodels.fit(rows_store, progress=False)
+    rows = None if n is None else rows_store.rows("fit")[:n]
+    dm = datamodels.fit(rows_store, rows=rows, progress=False)
     seconds = time.perf_counter() - started
     return round(float(datamodels.lds(eval_store, dm)["lds"]), 4), round(seconds, 1)

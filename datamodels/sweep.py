@@ -257,6 +257,9 @@ def sweep(config=None, *, address: Optional[str] = None, progress: bool = True,
     # Before any file is written (the prepared data, the store): the address is well formed and
     # answers, and a node can run a task; a cluster to join is joined now to see its nodes.
     check_cluster(address, request)
+    from .live import check_live_memory
+
+    check_live_memory(cfg)  # the live LDS's statistics, where the config gives N (synthetic data)
     started = time.time()
     with ExitStack() as on_ray, ExitStack() as locked:
         if needs_connection_first(address):

@@ -81,7 +81,7 @@ def test_fit_around_a_trak_prior(tiny_run):
     assert not (out / "x.npz").exists()
     bad = cli("fit", "--store", out / "store", "--out", out / "x.npz", "--prior", "trak", "--config", out / "nope.yaml",
               check=False)
-    assert bad.returncode != 0 and "nope.yaml does not exist" in bad.stderr and not (out / "x.npz").exists()
+    assert bad.returncode != 0 and "nope.yaml not found" in bad.stderr and not (out / "x.npz").exists()
 
 
 def test_rerun_resumes_without_training(tiny_run):

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         store_s = time.perf_counter() - started
         print(f"store of {M} models x {N} examples x {T} targets written in {store_s:.1f} s", flush=True)
         rates = bare_gram_rates(torch, dev, chunk(0, min(M, args.chunk))[0], card)
-        print(f"bare XᵀX of one chunk: {rates}", flush=True)
+        print("bare XᵀX of one chunk: " + ", ".join(f"{k} {v['tflops']} TFLOP/s" for k, v in rates.items()), flush=True)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()

@@ -49,7 +49,6 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.prepare import prepare
     from datamodels.store import Store, model_seed
     from datamodels.sweep import train_masks
@@ -70,8 +69,8 @@ def main(argv=None) -> dict:
         for n in sizes:
             write_store(tmp / f"n{n}", masks[:n], margins[:n])
             point = {"n": n}
-            for label, rows in (("plain", _FirstRows(store, n)), ("balanced", Store(tmp / f"n{n}"))):
-                point[label], point[f"{label}_fit_s"] = fitted_lds(rows, store)
+            for label, rows, first in (("plain", store, n), ("balanced", Store(tmp / f"n{n}"), None)):
+                point[label], point[f"{label}_fit_s"] = fitted_lds(rows, store, first)
             print(json.dumps(point), flush=True)
             points.append(point)
     finally:

@@ -82,7 +82,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     import datamodels
-    from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.priors import trak
     from datamodels.store import Store, model_seed, subset_size
     from datamodels.sweep import train_masks
@@ -103,14 +102,15 @@ def main(argv=None) -> dict:
     try:
         for n in sizes:
             write_store(tmp / f"n{n}", masks[:n], margins[:n])
-            plain_rows = _FirstRows(store, n)
-            point = {"n": n, "spread_iid": round(off_diagonal_spread(np.asarray(store.masks[plain_rows.rows()])), 3),
+            iid = np.asarray(store.masks[store.rows("fit")[:n]])
+            point = {"n": n, "spread_iid": round(off_diagonal_spread(iid), 3),
                      "spread_orthogonal": round(off_diagonal_spread(masks[:n]), 3)}
-            for label, rows in (("plain", plain_rows), ("orthogonal", Store(tmp / f"n{n}"))):
-                point[label], point[f"{label}_fit_s"] = fitted_lds(rows, store)
+            for label, rows, first in (("plain", store, n), ("orthogonal", Store(tmp / f"n{n}"), None)):
+                point[label], point[f"{label}_fit_s"] = fitted_lds(rows, store, first)
                 if prior is not None:
                     started = time.perf_counter()
-                    dm = datamodels.fit(rows, prior=prior, progress=False)
+                    dm = datamodels.fit(rows, prior=prior, progress=False,
+                                        rows=None if first is None else store.rows("fit")[:first])
                     point[f"{label}_prior_fit_s"] = round(time.perf_counter() - started, 1)
                     point[f"{label}_prior"] = round(float(datamodels.lds(store, dm)["lds"]), 4)
             print(json.dumps(point), flush=True)

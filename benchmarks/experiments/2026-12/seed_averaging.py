@@ -39,7 +39,6 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    from datamodels.analyses.learning_curve import _FirstRows
     from datamodels.store import Store, model_seed
     from datamodels.cluster import ray_session
     from datamodels.sweep import train_masks
@@ -76,7 +75,7 @@ def main(argv=None) -> dict:
                     print(json.dumps(point), flush=True)
                     points.append(point)
         for n in sizes:  # the plain estimator: n masks, one model each
-            lds, fit_s = fitted_lds(_FirstRows(store, n), store)
+            lds, fit_s = fitted_lds(store, store, n)
             point = {"n": n, "seeds_per_mask": 1, "masks": n, "lds": lds, "fit_s": fit_s}
             print(json.dumps(point), flush=True)
             points.append(point)
