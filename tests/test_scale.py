@@ -101,3 +101,29 @@ def test_trak_in_feature_space_equals_the_kernel_form(digits_store):
             np.testing.assert_allclose(got[r], kernel[r], atol=1e-5 * scale, rtol=0)
     with pytest.raises(DatamodelsError, match="form must be one of auto, kernel, features"):
         trak(cfg, num_models=1, progress=False, form="random")
+
+
+# ---- memory: each stage's check, and its estimate against the measured peak ------------------------
+
+def test_a_sweep_whose_live_lds_would_not_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from datamodels import resources
+    from datamodels.cli import main
+
+    cfg = yaml.safe_load(open("configs/scale50k.yaml"))
+    cfg["out"] = str(tmp_path / "run")
+    cfg["sweep"]["checkpoint_every"] = 1000
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(resources, "available_memory", lambda: 20 << 30)
+    assert main(["sweep", str(tmp_path / "c.yaml")]) == 2
+    assert "the live LDS (sweep.checkpoint_every) needs about" in capsys.readouterr().err
+    from datamodels.live import check_live_memory
+
+    with pytest.raises(DatamodelsError, match=r"^the live LDS \(sweep.checkpoint_every\) needs about 3[78]\.\d GiB "
+                                              r"\(50,000 training examples: four XᵀX .*\) but 20\.0 GiB is available: "
+                                              r"set sweep.checkpoint_every: 0"):
+        check_live_memory(cfg)
+    assert not (tmp_path / "run").exists()
+    cfg["sweep"]["checkpoint_every"] = 0
+    check_live_memory(cfg)  # no checkpoints: nothing held

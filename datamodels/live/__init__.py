@@ -27,11 +27,12 @@ as it goes:
   sweep then lets the tasks in flight finish, keeps every completed row, and the store stays
   resumable and growable.
 """
-from .checkpoints import LOG, SOLVE, TOL_FACTOR, LiveLDS, comparable, read_log, replay, sample_targets
+from .checkpoints import (LOG, SOLVE, TOL_FACTOR, LiveLDS, check_live_memory, comparable, live_memory, read_log, replay,
+                          sample_targets)
 from .forecast import curve_at, describe, fit_curve, forecast, live_lds
 from .monitor import Monitor
 from .stoprules import GainBelow, LdsReached, StopRule, stop_reason, stop_rules
 
-__all__ = ["LOG", "SOLVE", "TOL_FACTOR", "LiveLDS", "comparable", "read_log", "replay", "sample_targets", "curve_at",
+__all__ = ["LOG", "SOLVE", "TOL_FACTOR", "LiveLDS", "check_live_memory", "live_memory", "comparable", "read_log", "replay", "sample_targets", "curve_at",
            "describe", "fit_curve", "forecast", "live_lds", "Monitor", "GainBelow", "LdsReached", "StopRule",
            "stop_reason", "stop_rules"]

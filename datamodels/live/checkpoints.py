@@ -17,6 +17,7 @@ from .. import config as config_lib
 from .. import metrics
 from ..errors import DatamodelsError
 from ..files import atomic_save
+from ..resources import check_memory
 from ..store import Store
 
 LOG = "checkpoints.jsonl"
@@ -32,6 +33,39 @@ TOL_FACTOR = 100
 SOLVE = {"refit": False, "patience": 2}
 # The per-target LDS quantiles a record keeps.
 QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
+
+
+def live_memory(num_train: int, num_targets: int, num_rows: int, chunk_rows: int) -> int:
+    """Bytes the live LDS holds in the sweep's driver: a fit's (``memory_estimate``: two XᵀX,
+    the N×T statistics of the sampled targets, the solver's working memory) and two XᵀX more:
+    the folded statistics stay while each checkpoint solves on a copy of them."""
+    from ..regression import EXACT_FLOAT32, memory_estimate
+
+    gram = num_train * num_train * (4 if num_rows < EXACT_FLOAT32 else 8)
+    return memory_estimate(num_train, num_targets, num_rows, "cpu", chunk_rows)["host"] + 2 * gram
+
+
+def check_live_memory(cfg, num_train: Optional[int] = None) -> None:
+    """Refuse a sweep with live LDS checkpoints whose statistics would not fit in memory, with
+    one line; ``num_train`` (default: the config's, known before the data are prepared only for
+    the synthetic source) is the store's training set size.  No checkpoints, nothing to check."""
+    cfg = config_lib.coerce(cfg)
+    if not config_lib.interval(cfg.sweep):
+        return
+    if num_train is None:
+        if cfg.data.source != "synthetic":
+            return
+        num_train = int(cfg.data.num_train)
+    targets = int(cfg.data.num_test) + (num_train if cfg.data.targets == "test+train" else 0)
+    sampled = min(int(cfg.sweep.checkpoint_targets) or targets, targets)
+    _refuse_unless_fits(num_train, sampled, int(cfg.sweep.num_models), config_lib.fit_options(cfg).chunk_rows)
+
+
+def _refuse_unless_fits(num_train: int, num_targets: int, num_rows: int, chunk_rows: int) -> None:
+    check_memory("the live LDS (sweep.checkpoint_every)", live_memory(num_train, num_targets, num_rows, chunk_rows),
+                 f"{num_train:,} training examples: four XᵀX in the sweep's driver",
+                 "set sweep.checkpoint_every: 0 to sweep without checkpoints (datamodels.live.replay recomputes them "
+                 "later, where there is more memory)")
 
 
 def read_log(store_path) -> List[dict]:
@@ -58,6 +92,11 @@ def read_log(store_path) -> List[dict]:
                                   f"log afresh")
         records.append(record)
     return records
+
+
+def _interval(predicted: np.ndarray, actual: np.ndarray) -> Optional[list]:
+    ci = metrics.lds_interval(predicted, actual, draws=100)
+    return [round(ci["low"], 5), round(ci["high"], 5)] if math.isfinite(ci["low"]) else None
 
 
 def _is_record(record) -> bool:
@@ -107,6 +146,7 @@ class LiveLDS:
         s, f = cfg.sweep, config_lib.fit_options(cfg)
         T = store.num_targets
         self.count = T if not s.checkpoint_targets or s.checkpoint_targets >= T else int(s.checkpoint_targets)
+        _refuse_unless_fits(store.num_train, self.count, store.num_models, f.chunk_rows)
         self.seed = int(cfg.seed)
         self.cols: Optional[np.ndarray] = None  # chosen from the held-out margins at the first checkpoint
         self.eval_rows = store.rows("eval", completed_only=False)
@@ -219,6 +259,8 @@ class LiveLDS:
             "lds": scores["lds"],
             "quantiles": scores["quantiles"],
             "num_undefined": scores["num_undefined"],
+            # 95% bootstrap interval over the held-out models (metrics.lds_interval); None where undefined
+            "lds_ci": _interval(self.eval[0] @ dm["weight"] + dm["bias"], self.eval[1]),
             "num_targets": int(len(self.cols)),
             "targets": self.cols.tolist(),
             "num_eval_models": int(len(self.eval_rows)),
