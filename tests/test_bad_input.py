@@ -784,6 +784,29 @@ here.
 """
 
 FOOTER = """
+## Stores, data files, caches, the cluster and the report
+
+These classes are checked by their own tests rather than rows of the table above, because they
+need two processes, a cluster, or a look inside the written files.
+
+| what happened | what happens | test |
+| --- | --- | --- |
+| two sweeps create one store at once | the store is built in a hidden sibling under its lock and renamed into place: one creates it, the other opens it (same settings) or gets `store already exists: P, made with other settings (differing in seed)`; a crash at any point leaves no store or a whole one | `tests/test_store_safety.py` |
+| a second process writes to a store being swept | `store P is locked: another sweep is writing to it`; the files are unchanged | `tests/test_store_safety.py` |
+| a spec whose schema key is `../../victim`, a list, a string, a non-numeric dtype, a negative or overflowing shape | one line naming the spec and the key, before any file is opened | `tests/test_store.py`, `tests/test_reference_store.py` |
+| a store file truncated, of another dtype or shape, holding Python objects, or a directory in its place; `_completed.npy` holding bytes other than 0 and 1 | one line naming the file | `tests/test_store.py` |
+| a worker returns NaN or infinite margins (or values beyond the store's dtype) | the task fails with `margins of row R ... are NaN, infinite or beyond float32; nothing was stored` and is retried | `tests/test_store.py` |
+| files planted or damaged in the node data cache | every file's SHA-256 is checked against the driver's before use; a mismatch is rebuilt, never trained on | `tests/test_datacache.py` |
+| a data cache directory writable by others, another user's, or a symlink | `data cache R is writable by others ..., so files in it cannot be trusted; set DATAMODELS_CACHE` | `tests/test_datacache.py` |
+| an `.npz` label of 2**64-1, object arrays, members that are not arrays, a damaged `meta.json` or `.beton` | one line naming the array or file; nothing is converted silently | `tests/test_prepare.py` |
+| `sweep.gpus_per_task=1` on a machine or cluster without GPUs, more CPUs per task than any node has, an unknown custom resource | `sweep.gpus_per_task=1 but the cluster has no GPUs (nodes: ...)` within seconds, before anything is written | `tests/test_cluster.py` |
+| `--address` to a host that is not there, a malformed address or `RAY_ADDRESS` | one line within seconds, before anything is written | `tests/test_cluster.py` |
+| the driver of a local sweep is killed (SIGINT, SIGTERM, SIGKILL) | Ray's processes end within seconds; a local Ray listens on 127.0.0.1 alone | `tests/test_cluster.py` |
+| `<script>` or other markup in `RUN/analyses/*.json`, `checkpoints.jsonl`, the config, or a `--scores` name | escaped in `report.html` by the template engine; a `$...$` name is drawn as plain text, not math | `tests/test_report_safety.py` |
+| a kept analysis result or checkpoint record of the wrong structure | `report` shows that section with a note naming the file and skips what it cannot read; `status` gives one line | `tests/test_report_safety.py`, `tests/test_properties.py` |
+| NaN or constant held-out margins, or non-finite predictions | those targets are left out of the LDS, counted by reason (`LDS 0.5871 over 82 of 100 targets ...; 18 dropped: constant predictions (18)`); none left is a one-line error | `tests/test_report_safety.py` |
+| `fit --prior trak` on a store that records no seeds (a reference-layout store) | one line before any retraining | `tests/test_report_safety.py` |
+
 ## Not errors
 
 Some states look broken but are recovered from, because nothing is lost:
