@@ -381,11 +381,6 @@ def worker_config(section: Any) -> Dict[str, Any]:
     return worker_lib.settings(section)
 
 
-def load_worker(name: str):
-    """Import a worker module and check its contract (``datamodels.worker.load``)."""
-    return worker_lib.load(name)
-
-
 def models_per_task(cfg: DictConfig, meta: Optional[Dict[str, Any]] = None,
                     worker: Optional[Dict[str, Any]] = None) -> int:
     """K for the sweep: ``sweep.models_per_task``, or when it is 0 the worker's

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import config as config_lib
+from . import worker as worker_lib
 from .errors import DatamodelsError
 from .resources import check_memory
 
@@ -67,8 +68,8 @@ def trak(config, num_models: Optional[int] = None, ridges: Sequence[float] = RID
     if form not in FORMS:
         raise DatamodelsError(f"TRAK prior form must be one of {', '.join(FORMS)}, got {form!r}")
     name = config_lib.to_dict(cfg.worker)["name"]
-    module = config_lib.load_worker(name)
-    kernels, features = getattr(module, "gradient_kernels", None), getattr(module, "gradient_features", None)
+    module = worker_lib.load(name)
+    kernels, features = worker_lib.hook(module, "gradient_kernels"), worker_lib.hook(module, "gradient_features")
     if form == "kernel" or features is None:
         features = None
     else:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import config as config_lib
 from . import hardware
+from . import worker as worker_lib
 from .errors import DatamodelsError
 from .cluster import check_cluster, needs_connection_first, ray_session, task_request
 from .store import Store, model_seed, model_seeds
@@ -55,7 +56,7 @@ def run_task(worker_name: str, masks: np.ndarray, seeds: np.ndarray, worker_cfg:
     there, a worker process keeps the count of the first task it ran, and FFCV resets it.
     Bad output (wrong shape, NaN/inf) raises here, inside the task, so Ray retries it like
     any other failure instead of the driver storing junk."""
-    module = config_lib.load_worker(worker_name)
+    module = worker_lib.load(worker_name)
     if threads:
         set_torch_threads(threads, environment=True)
     data = dict(data)
@@ -191,10 +192,10 @@ def resolve_worker(cfg, meta: dict, made_with: Optional[dict] = None) -> Tuple[d
     worker, adopted = adopt_store_settings(config_lib.to_dict(cfg.worker), made_with)
     for key in adopted:
         hardware.record(f"{worker['name']}.{key}", worker[key], "the store's models were made with it")
-    module = config_lib.load_worker(worker["name"])
+    module = worker_lib.load(worker["name"])
     previous = set_torch_threads(task_threads(cfg.sweep.cpus_per_task))
     try:
-        hook = getattr(module, "resolve", None)
+        hook = worker_lib.hook(module, "resolve")
         if hook is not None:
             worker = dict(hook(worker, meta, int(cfg.sweep.models_per_task)))
         k = config_lib.models_per_task(cfg, meta=meta, worker=worker)
