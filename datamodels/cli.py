@@ -181,20 +181,18 @@ def cmd_query(args) -> int:
     _, dm = _run_paths(args)
     if args.what == "top":
         result = query.top(dm, args.target, args.k)
-        if args.json:
-            _print_json(result)
-        else:
-            print(f"target {args.target}: training examples that raise its margin most")
-            print(query.format_table(result["positive"], ["train_index", "weight"]))
-            print(f"\ntarget {args.target}: training examples that lower its margin most")
-            print(query.format_table(result["negative"], ["train_index", "weight"]))
+        tables = [(f"target {args.target}: training examples that raise its margin most", result["positive"],
+                   ["train_index", "weight"]),
+                  (f"target {args.target}: training examples that lower its margin most", result["negative"],
+                   ["train_index", "weight"])]
     else:
         result = query.nearest(dm, args.target, args.k)
-        if args.json:
-            _print_json(result)
-        else:
-            print(f"targets whose datamodels are closest to target {args.target}'s (cosine)")
-            print(query.format_table(result["nearest"], ["target", "cosine"]))
+        tables = [(f"targets whose datamodels are closest to target {args.target}'s (cosine)", result["nearest"],
+                   ["target", "cosine"])]
+    if args.json:
+        _print_json(result)
+    else:
+        print("\n\n".join(f"{title}\n{query.format_table(rows, columns)}" for title, rows, columns in tables))
     return 0
 
 
@@ -215,6 +213,7 @@ def _saved(run, name: str, result: dict) -> None:
 
 def cmd_counterfactual(args) -> int:
     from .analyses.counterfactual import counterfactual, pick_targets, table
+    from .analyses.uncertainty import summary_lines
     from .query import format_table
 
     run = _analysis_run(args)
@@ -232,16 +231,15 @@ def cmd_counterfactual(args) -> int:
     rows = table(result)
     columns = ["target", "remove", "k", "before", "after", "pred_change"]
     if args.verify:
-        columns += ["actual_before", "actual_after", "actual_change", "se"]
+        columns += ["actual_before", "actual_after", "actual_change", "se", "judged"]
     setting = "α-subsets containing the set" if result["base"] == "subset" else "the full training set"
     print(f"predicted margins before and after removal, trained on {setting}"
           + (f"; actual: mean of {args.verify} retrained model pairs" if args.verify else ""))
     print(format_table(rows, columns))
     if args.verify and len(rows) >= 3:
-        c = result["correlation"]
-        print(f"\npredicted vs actual margin change over {c['n']} counterfactuals: Pearson r = {c['pearson']:.3f}, "
-              f"Spearman = {c['spearman']:.3f}")
+        print("\n" + "\n".join(summary_lines(result["summary"], args.verify)))
     return 0
+
 
 
 def cmd_brittleness(args) -> int:
@@ -266,16 +264,22 @@ def cmd_brittleness(args) -> int:
     brittle = sorted((r for r in result["targets"] if r["support_size"]), key=lambda r: r["support_size"])[:args.k]
     rows = [{"target": r["target"], "support_size": r["support_size"], "pred_before": r["predicted_before"],
              "pred_after": r["predicted_after"], **({"actual_after": r["verified"]["actual_after"],
-                                                      "flipped": str(r["verified"]["flipped"])}
+                                                      "se": r["verified"]["actual_after_se"],
+                                                      "flipped": str(r["verified"]["flipped"]),
+                                                      "verdict": r["verified"]["verdict"]}
                                                      if "verified" in r else {})} for r in brittle]
-    columns = ["target", "support_size", "pred_before", "pred_after"] + (["actual_after", "flipped"] if args.verify else [])
+    columns = ["target", "support_size", "pred_before", "pred_after"] + (["actual_after", "se", "flipped", "verdict"]
+                                                                        if args.verify else [])
     if rows:
         print(f"\nthe {len(rows)} most brittle targets")
         print(format_table(rows, columns))
     v = result.get("verified")
     if v:
         print(f"\nretrained {v['models']} models without each support set of size <= {args.max_support}: "
-              f"{v['flipped']} of {v['checked']} predictions truly flip ({v['share']:.1%})")
+              f"{v['flipped']} of {v['checked']} predictions truly flip ({v['share']:.1%}, 95% bootstrap interval "
+              f"over targets [{v['share_ci'][0]:.1%}, {v['share_ci'][1]:.1%}]); {v['surely_flipped']} surely flip and "
+              f"{v['surely_holds']} surely hold (mean margin over 1.96 se from 0), {v['undecided']} undecided"
+              + (f" (up to {v['models_to_settle']} models each would settle them)" if v["models_to_settle"] else ""))
     return 0
 
 
@@ -286,19 +290,23 @@ def cmd_leakage(args) -> int:
     arguments.existing("--known", args.known)
     run = _analysis_run(args)
     known = read_pairs(args.known) if args.known else None
-    result = leakage(run, k=args.k, known=known)
+    result = leakage(run, k=args.k, known=known, similarity=args.similarity)
     if args.json:
         _print_json(result)
         return 0
-    print("(target, training example) pairs most likely to be near-duplicates; similarity: pixel cosine (mean image "
-          "subtracted); effect: margin with minus without the example, measured on the store (effect_sd: in sd)")
-    print(format_table(result["pairs"], ["rank", "target", "train", "score", "weight", "similarity", "pixel_rank",
-                                         "effect", "effect_sd"]))
+    print("(target, training example) pairs most likely to be near-duplicates; aligned: similarity after blur, best over "
+          "shifts of up to 2 px; similarity: plain pixel cosine (mean image subtracted); effect: margin with minus "
+          "without the example, measured on the store, with its standard error (effect_sd: in sd of the target's "
+          "margin; effect_z: in standard errors)")
+    columns = ["rank", "target", "train", "score", "weight", "aligned", "similarity", "pixel_rank", "effect",
+               "effect_se", "effect_sd", "effect_z"]
+    print(format_table([{**p, "aligned": p["aligned_similarity"]} for p in result["pairs"]], columns))
     if "known" in result:
         kn = result["known"]
         print(f"\nknown pairs: precision@{args.k} = {kn['precision_at_k']:.3f}, recall@{args.k} = {kn['recall_at_k']:.3f}")
-        print(format_table(kn["pairs"], ["target", "train", "rank", "score", "similarity", "pixel_rank", "effect",
-                                         "effect_sd"]))
+        print(format_table([{**p, "aligned": p["aligned_similarity"]} for p in kn["pairs"]],
+                           ["target", "train", "rank", "score", "aligned", "similarity", "pixel_rank", "effect",
+                            "effect_se", "effect_sd", "effect_z"]))
     return 0
 
 
@@ -488,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("leakage", help="(test, train) pairs likely to be near-duplicates")
     sp.add_argument("--k", type=arguments.positive, default=20, help="pairs listed (default 20)")
     sp.add_argument("--known", help="file of known duplicate pairs, 'target train' per line: precision and recall")
+    sp.add_argument("--similarity", choices=["aligned", "pixels", "none"], default="aligned",
+                    help="image similarity the score is weighted by: aligned (blurred, best over shifts of up to 2 px; "
+                         "default), pixels (plain cosine) or none (behaviour alone)")
     with_run(sp)
     sp.set_defaults(func=cmd_leakage)
 
