@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.mark.integration  # fresh Python processes, seconds each
 def test_every_script_starts_from_anywhere():
     """Run by path from another folder (the scripts find the harness themselves), each prints its usage."""
     scripts = sorted(str(p.relative_to(BENCH)) for p in BENCH.rglob("*.py")

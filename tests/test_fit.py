@@ -264,6 +264,7 @@ def _peak_rss_of_fit(store_path, chunk_rows):
                               env=env).stdout)
 
 
+@pytest.mark.integration  # fresh Python processes, seconds each
 def test_streamed_fit_memory_does_not_grow_with_models(tmp_path):
     # 64,000 models x 1,500 examples: 96 MB of masks, read 500 rows at a time.  Without
     # unmapping the pages read, the large fit's peak would be ~90 MB above the small one's; the
@@ -302,6 +303,7 @@ def test_standardising_in_place_is_undone_exactly():
     assert torch.equal(valid.centring.undo(valid.G), xx_val)
 
 
+@pytest.mark.integration  # fresh Python processes, seconds each
 def test_memory_estimate_matches_the_measured_peak(tmp_path):
     # Peak resident memory of a fresh process over its memory before the fit, against
     # ``memory_estimate``.  At N = 4,000 the two Grams (2 × 61 MiB) and a chunk of masks

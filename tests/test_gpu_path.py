@@ -11,6 +11,9 @@ from datamodels.prepare import CIFAR_BATCHES, prepare, write_cifar10
 from datamodels.store import model_seed, subset_mask
 from workers import cifar_resnet9, device_data
 
+# Trains ResNet-9 models and writes FFCV files.
+pytestmark = pytest.mark.integration
+
 H = W = 32
 # Every pixel says where it came from: red = 41 + row, green = 41 + column, blue 250.  The fill
 # colour (the mean, blue 114) is told apart by its blue.
