@@ -127,3 +127,32 @@ def test_a_sweep_whose_live_lds_would_not_fit_is_refused_before_anything_is_writ
     assert not (tmp_path / "run").exists()
     cfg["sweep"]["checkpoint_every"] = 0
     check_live_memory(cfg)  # no checkpoints: nothing held
+
+
+RUN_OF_WEIGHTS = """
+import numpy as np, tempfile
+from datamodels import analyses
+from datamodels.store import Store
+N, T = {N}, {T}
+d = tempfile.mkdtemp()
+store = Store.create(d + "/s", num_train=N, num_targets=T, alpha=0.5, seed=0)
+store.grow(50, 0)
+store.write(np.arange(50), np.random.default_rng(0).normal(size=(50, T)).astype(np.float32))
+rng = np.random.default_rng(1)
+W = (rng.normal(size=(N, T)) * (rng.random((N, T)) < 0.05)).astype(np.float32)
+run = analyses.Run(d, datamodels={{"weight": W, "bias": np.zeros(T, np.float32), "targets": np.arange(T)}}, store=store)
+run.margin_moments()
+import importlib
+from sklearn.utils.extmath import randomized_svd  # its import is not the PCA's memory
+emb, leak = (importlib.import_module(f"datamodels.analyses.{{name}}") for name in ("embeddings", "leakage"))
+emb.embeddings(analyses.Run(d, datamodels={{"weight": W[:, :20].copy(), "bias": np.zeros(20, np.float32),
+                                            "targets": np.arange(20)}}, store=store))  # LAPACK loaded first
+"""
+
+
+@pytest.mark.parametrize("stage,N,T", [("embeddings", 12000, 400), ("embeddings", 3000, 2500)])
+def test_analysis_memory_estimates_match_the_measured_peak(stage, N, T):
+    call = {"embeddings": "emb.embeddings(run)\nestimate = emb.embeddings_memory(N, T)"}[stage]
+    body, estimate = call.split("\n")
+    measured, estimate = measured_peak(RUN_OF_WEIGHTS.format(N=N, T=T) + f"def work():\n    {body}\n{estimate}")
+    assert abs(estimate - measured) <= 0.25 * measured, (measured, estimate)

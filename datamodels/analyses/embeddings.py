@@ -13,6 +13,7 @@ from typing import Union
 import numpy as np
 
 from ..errors import DatamodelsError
+from ..resources import check_memory
 from ._run import Run, open_run
 
 
@@ -22,6 +23,18 @@ def nearest(run: Union[Run, str], target: int, k: int = 10) -> dict:
 
     run = open_run(run)
     return _nearest(run.dm, run.check_target(target), k)
+
+
+# Below this many targets (or training examples) the PCA is a full SVD, else a randomized one.
+_FULL_SVD = 2000
+
+
+def embeddings_memory(num_train: int, num_targets: int) -> int:
+    """Bytes the PCA adds beside the run's weights: float32 [T, N] copies, about 10 of them for a
+    full SVD (the unit-length copy, LAPACK's workspace and Vt; measured 9.7-10.4 at N = 20,000-
+    40,000, T = 500-1,000) and 2.5 for the randomized one (measured 2.2)."""
+    copies = 10.5 if min(num_train, num_targets) <= _FULL_SVD else 2.5
+    return int(copies * num_train * num_targets * 4)
 
 
 def embeddings(run: Union[Run, str], *, num_components: int = 5, k: int = 6, seed: int = 0) -> dict:
@@ -37,10 +50,13 @@ def embeddings(run: Union[Run, str], *, num_components: int = 5, k: int = 6, see
     if T < 3:
         raise DatamodelsError(f"a PCA of datamodels needs at least 3 targets, got {T}")
     num_components = max(1, min(int(num_components), T - 1, W.shape[0]))
+    check_memory("the datamodel embeddings", embeddings_memory(W.shape[0], T),
+                 f"a PCA of {T:,} datamodels over {W.shape[0]:,} training examples",
+                 "run them where there is more memory")
     norms = np.linalg.norm(W, axis=0)
     X = np.divide(W, norms, out=np.zeros_like(W), where=norms > 0).T  # [T, N]
     X -= X.mean(0)
-    if min(X.shape) <= 2000:
+    if min(X.shape) <= _FULL_SVD:
         U, S, Vt = np.linalg.svd(X, full_matrices=False)
         U, S, Vt = U[:, :num_components], S[:num_components], Vt[:num_components]
     else:  # large runs: only the top components are needed
