@@ -156,3 +156,35 @@ def test_analysis_memory_estimates_match_the_measured_peak(stage, N, T):
     body, estimate = call.split("\n")
     measured, estimate = measured_peak(RUN_OF_WEIGHTS.format(N=N, T=T) + f"def work():\n    {body}\n{estimate}")
     assert abs(estimate - measured) <= 0.25 * measured, (measured, estimate)
+
+
+SPARSE_STORE = """
+import numpy as np
+from datamodels.store import Store
+store = Store({path!r})
+"""
+
+
+def test_learning_curve_and_live_lds_memory_estimates_match_the_measured_peak(tmp_path):
+    # N = 3,000: the Grams (3 and 4 of 34 MiB) dominate, as they do at scale.
+    N, M, T = 3000, 2400, 10
+    sparse_store(tmp_path / "s", num_train=N, num_fit=M, num_eval=100, targets=T)
+    head = SPARSE_STORE.format(path=str(tmp_path / "s"))
+    curve = head + (
+        "from datamodels.analyses.learning_curve import prefix_fits, learning_curve_memory\n"
+        "def work():\n"
+        f"    for _ in prefix_fits(store, store.rows('fit'), [1200, {M}], np.arange({T}), {{'num_lambdas': 6}}): pass\n"
+        f"estimate = learning_curve_memory({N}, {T}, {M}, 8192)\n")
+    measured, estimate = measured_peak(curve)
+    assert abs(estimate - measured) <= 0.25 * measured, ("learning curve", measured, estimate)
+    live = head + (
+        "from datamodels import config\n"
+        "from datamodels.live import LiveLDS, live_memory\n"
+        "cfg = config.coerce({'out': 'unused', 'sweep': {'num_models': %d, 'num_eval_models': 100, "
+        "'checkpoint_every': 1200, 'checkpoint_targets': %d}, 'fit': {'num_lambdas': 6}})\n"
+        "def work():\n"
+        "    live = LiveLDS(store, cfg, 1200, log=False)\n"
+        "    live.checkpoint(1200); live.checkpoint(%d)\n"
+        "estimate = live_memory(%d, %d, %d, 8192)\n") % (M, T, M, N, T, M + 100)
+    measured, estimate = measured_peak(live)
+    assert abs(estimate - measured) <= 0.25 * measured, ("live LDS", measured, estimate)

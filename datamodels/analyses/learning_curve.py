@@ -115,11 +115,13 @@ def prefix_fits(store, fit_rows: np.ndarray, sizes: Sequence[int], cols: np.ndar
     import torch
 
     from ..regression import Stats, accumulate, margins, resolve_options, solve_path, validation_rows
+    from ..regression.memory import return_freed_memory
 
     fit_kwargs = dict(fit_kwargs)
     seed = int(fit_kwargs.pop("seed", 0))
     options = resolve_options(fit_kwargs.pop("options", None), **fit_kwargs)
     dev = torch.device(options.device)
+    return_freed_memory()  # as fit does: N×N temporaries handed back when freed, a steady peak
     N, T, largest = store.num_train, len(cols), max(sizes)
     check_memory("the learning curve", learning_curve_memory(N, T, largest, options.chunk_rows),
                  f"{N:,} training examples: three XᵀX; {T:,} targets",
