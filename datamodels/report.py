@@ -10,24 +10,20 @@ their results in ``DIR/analyses/``; the refits of the learning curve are kept th
 """
 from __future__ import annotations
 
-import base64
-import io
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from markupsafe import Markup
 
-from . import report_plots
+from . import report_analyses, report_plots
 from .analyses._run import Run, load_result, open_run, rng_for, save_result
 from .errors import DatamodelsError
+from .report_blocks import figure as _figure, image_rows as _image_rows, img as _img, note as _note
+from .report_blocks import plain as _plain, section as _section, table as _table
 
-# Counterfactuals the report verifies: targets x these removal specs.
-REPORT_SPECS = ("top:5", "top:10", "top:20", "bottom:10", "random:10")
-REPORT_TARGETS = 40
-PAIRS_SHOWN = 8
 LEARNING_CURVE_MIN_RATIO = 2
 PLOTTED_EVAL_MODELS = 1000  # a scatter of more shows nothing new
 TEMPLATE = "report.html.j2"  # datamodels/templates/
@@ -71,8 +67,9 @@ def report(run="runs/digits", out=None, *, verify: int = 0, datamodels=None, con
             sections.append(_learning_curve(run, progress, force=bool(learning_curve)))
         sections.append(_top_examples(run, num_examples, seed))
         if verify:
-            _run_verifications(run, int(verify), seed, progress)
-        sections += [_counterfactuals(run), _brittleness(run), _leakage(run), _embeddings(run, seed)]
+            report_analyses.run_verifications(run, int(verify), seed, progress)
+        sections += [report_analyses.counterfactuals(run), report_analyses.brittleness(run),
+                     report_analyses.leakage(run), _embeddings(run, seed)]
     page = _render(run_path=str(run.path), generated=time.strftime("%Y-%m-%d %H:%M"),
                    seconds=f"{time.time() - started:.0f}", fingerprint=run.fingerprint(),
                    sections=[s for s in sections if s])
@@ -100,78 +97,6 @@ def _plain_text_figures():
 
     with matplotlib.rc_context({"text.usetex": False}):
         yield
-
-
-def _plain(name) -> str:
-    """A name (score file, removal spec) drawn as it is: an escaped ``$`` starts no math text,
-    so ``$\\cmd$`` is drawn verbatim rather than parsed (our tick labels still use math text)."""
-    return str(name).replace("$", "\\$")
-
-
-def _figure(w: float, h: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
-
-
-def _img(fig, alt: str) -> dict:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return {"kind": "img", "alt": alt, "src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
-
-
-def _note(text, kind: str = "note") -> dict:
-    """A paragraph: a note, or a ``warning`` (a run file not used, data left out, and why)."""
-    return {"kind": kind, "text": text}
-
-
-def _section(title: str, lead, *blocks) -> dict:
-    """A section of the page: ``lead`` a plain string (escaped) or Markup; blocks from _img,
-    _table, _note (None ones are left out)."""
-    return {"title": title, "lead": lead, "blocks": [b for b in blocks if b]}
-
-
-def _table(rows: Sequence[dict], columns: Sequence[str], left: Sequence[str] = ()) -> dict:
-    def cell(v):
-        if isinstance(v, float):
-            return "n/a" if not np.isfinite(v) else f"{v:.3g}"
-        return str(v)
-
-    return {"kind": "table", "columns": list(columns), "left": list(left),
-            "rows": [[cell(r.get(c, "")) for c in columns] for r in rows]}
-
-
-def _show(ax, image: np.ndarray, title: str = "", color: Optional[str] = None) -> None:
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.dtype != np.uint8:
-        lo, hi = float(img.min()), float(img.max())
-        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img, dtype=np.float32)
-    ax.imshow(img, cmap="gray_r" if img.ndim == 2 else None, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set(visible=color is not None, color=color or "black", linewidth=2)
-    if title:
-        ax.set_title(title, fontsize=8)
-
-
-def _image_rows(rows: List[List[tuple]], row_labels: Sequence[str], cell: float = 1.0):
-    """A grid of images: rows of (image, caption, frame colour or None)."""
-    ncols = max(len(r) for r in rows)
-    fig = _figure(cell * ncols + 1.2, cell * 1.25 * len(rows) + 0.2)
-    axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
-    for i, row in enumerate(rows):
-        for j in range(ncols):
-            ax = axes[i, j]
-            if j < len(row):
-                image, caption, color = row[j]
-                _show(ax, image, caption, color)
-            else:
-                ax.axis("off")
-        axes[i, 0].set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
-    return fig
 
 
 # ---- sections ------------------------------------------------------------------------------------
@@ -408,150 +333,6 @@ def _top_examples(run: Run, count: int, seed: int) -> dict:
                     "For a sample of targets (left): the five training examples whose presence raises the target's "
                     "margin most (green frames) and lowers it most (red frames), with training index, label and "
                     "weight.", _img(fig, "top positive and negative training examples"))
-
-
-def _run_verifications(run: Run, verify: int, seed: int, progress: bool) -> None:
-    from .analyses.brittleness import brittleness
-    from .analyses.counterfactual import counterfactual, pick_targets
-
-    targets = pick_targets(run, min(REPORT_TARGETS, run.num_targets), seed)
-    with run.ray():
-        cf = counterfactual(run, targets, list(REPORT_SPECS), verify=verify, seed=seed, progress=progress)
-        save_result(run, "counterfactual", cf)
-        br = brittleness(run, verify=verify, seed=seed, progress=progress)
-        save_result(run, "brittleness", br)
-
-
-def _counterfactuals(run: Run) -> dict:
-    result, broken = _kept(run, "counterfactual")
-    lead = Markup("The datamodel predicts that removing a set R of training examples changes a target's margin by "
-                  "−Σ<sub>j∈R</sub> w<sub>j</sub>. ")
-    if result is None or not any("verified" in c for c in result["counterfactuals"]):
-        from .analyses.counterfactual import counterfactual, pick_targets
-
-        targets = pick_targets(run, min(REPORT_TARGETS, run.num_targets))
-        result = counterfactual(run, targets, ["top:5", "top:10", "top:20", "bottom:10"])
-        fig = _figure(6, 3.6)
-        ax = fig.subplots()
-        for spec in ["top:5", "top:10", "top:20", "bottom:10"]:
-            vals = [c["predicted_change"] for c in result["counterfactuals"] if c["remove"] == spec]
-            ax.hist(vals, bins=20, alpha=0.55, label=_plain(f"remove {spec}"))
-        ax.set_xlabel("predicted margin change")
-        ax.set_ylabel("targets")
-        ax.legend()
-        note = Markup("Not yet checked by retraining: run <code>datamodels report {} --verify 10</code> or "
-                      "<code>datamodels counterfactual --batch 40 --verify 10</code> to train models without each "
-                      "set and compare.").format(str(run.path))
-        return _section("Counterfactuals", lead + f"Predicted changes for {len(targets)} random targets.",
-                        _img(fig, "predicted counterfactual changes"), _note(note), broken)
-    items = [c for c in result["counterfactuals"] if "verified" in c]
-    pred = np.array([c["verified"]["predicted_change"] for c in items])
-    act = np.array([c["verified"]["actual_change"] for c in items])
-    se = np.array([c["verified"]["actual_change_se"] for c in items], dtype=np.float64)
-    corr = result.get("correlation", {})
-    pearson, spearman = corr.get("pearson", float("nan")), corr.get("spearman", float("nan"))
-    fig = _figure(6.4, 5)
-    ax = fig.subplots()
-    specs = list(dict.fromkeys(c["remove"] for c in items))
-    for spec in specs:
-        sel = np.array([c["remove"] == spec for c in items])
-        ax.errorbar(pred[sel], act[sel], yerr=np.nan_to_num(se[sel]), fmt="o", ms=4, alpha=0.8,
-                    label=_plain(f"remove {spec}"))
-    lo, hi = float(min(pred.min(), act.min())), float(max(pred.max(), act.max()))
-    ax.plot([lo, hi], [lo, hi], color="#6b7280", lw=1, ls="--")
-    ax.set_xlabel("predicted margin change")
-    ax.set_ylabel("actual margin change (retrained)")
-    ax.set_title(f"Pearson r = {pearson:.3f}, Spearman = {spearman:.3f}", fontsize=10)
-    ax.legend(fontsize=8)
-    rows = [{"remove": spec, **{k: v for k, v in c.items() if k in ("pearson", "spearman", "n")}}
-            for spec, c in result.get("by_spec", {}).items()]
-    setting = ("α-subsets containing R, with and without R" if result["base"] == "subset"
-               else "the full training set, with and without R")
-    note = (f"{result['verify']} model pairs per counterfactual, trained on {setting} (same subset and seed within a "
-            "pair); error bars are standard errors.")
-    text = Markup("Over {} counterfactuals on {} targets, predicted and actual changes correlate with "
-                  "<b>Pearson r = {:.3f}</b> (Spearman {:.3f}).").format(
-        len(items), len({c["target"] for c in items}), pearson, spearman)
-    return _section("Counterfactuals, checked by retraining", lead + text, _img(fig, "verified counterfactuals"),
-                    _table(rows, ["remove", "n", "pearson", "spearman"], ["remove"]), _note(note))
-
-
-def _brittleness(run: Run) -> dict:
-    from .analyses.brittleness import brittleness
-
-    result, broken = _kept(run, "brittleness")
-    result = result or brittleness(run)
-    sizes = np.array([r["support_size"] for r in result["targets"] if r["support_size"]])
-    counts = result["counts"]
-    fig = _figure(6.4, 3.6)
-    ax = fig.subplots()
-    if len(sizes):
-        bins = np.unique(np.round(np.geomspace(1, max(2, sizes.max() + 1), 25)).astype(int))
-        ax.hist(sizes, bins=bins, color="#4c72b0")
-        ax.set_xscale("log")
-        ax.axvline(result["max_support"] + 0.5, color="#e4572e", lw=1, ls="--")
-    ax.set_xlabel("support size (training examples whose removal flips the prediction)")
-    ax.set_ylabel("targets")
-    at_most = counts[f"at_most_{result['max_support']}"]
-    text = Markup("Of {} targets, {} are predicted wrong already, {} can be flipped by removing their most supportive "
-                  "training examples ({} with at most {}), and {} cannot be flipped that way.").format(
-        result["num_targets"], counts["already_wrong"], counts["flippable"], at_most, result["max_support"],
-        counts["never_flips"])
-    verified = result.get("verified")
-    if verified and verified.get("checked"):
-        text += Markup(" Checked by retraining ({} models each, mean margin below 0): <b>{} of {} ({:.0%})</b> targets "
-                       "with support size ≤ {} truly flip.").format(
-            verified["models"], verified["flipped"], verified["checked"], verified["share"], result["max_support"])
-    else:
-        text += Markup(" <span class=\"note\">Not yet checked by retraining (<code>datamodels brittleness --verify "
-                       "10</code>).</span>")
-    brittle = sorted((r for r in result["targets"] if r["support_size"]), key=lambda r: r["support_size"])[:10]
-    rows = [{"target": r["target"], "support size": r["support_size"], "margin before": r["predicted_before"],
-             "predicted after": r["predicted_after"],
-             "actual after": r.get("verified", {}).get("actual_after", float("nan"))} for r in brittle]
-    return _section("Brittle predictions", text, _img(fig, "support size distribution"),
-                    _table(rows, ["target", "support size", "margin before", "predicted after", "actual after"]),
-                    broken)
-
-
-def _leakage(run: Run) -> Optional[dict]:
-    from .analyses.leakage import leakage
-
-    if not run.is_test_target().any():
-        return None
-    result = leakage(run, k=PAIRS_SHOWN)
-    pairs = result["pairs"]
-    x_train, y_train = run.images("train")
-    x_t, y_t = run.target_images([p["target"] for p in pairs])
-    cells = []
-    for i, p in enumerate(pairs):
-        cells.append([(x_t[i], f"#{p['rank']} target {p['target']} ({y_t[i]})", "#1d2330"),
-                      (x_train[p["train"]], f"train #{p['train']} ({y_train[p['train']]})\n"
-                                            f"cos {p['similarity']:.2f}, {p['effect_sd']:+.1f} sd", "#e4572e")])
-    cols = 4
-    grid = []
-    for start in range(0, len(cells), cols):
-        row = []
-        for pair in cells[start:start + cols]:
-            row += pair
-        grid.append(row)
-    fig = _image_rows(grid, [""] * len(grid), cell=1.1)
-    rows = [{"rank": p["rank"], "target": p["target"], "train": p["train"], "score": p["score"], "weight": p["weight"],
-             "pixel similarity": p["similarity"], "pixel rank": p["pixel_rank"], "measured effect": p["effect"],
-             "effect (sd)": p["effect_sd"]} for p in pairs]
-    return _section("Possible train-test leakage",
-                    "(target, training example) pairs in which one training example carries an outsized share of the "
-                    "target's datamodel while mattering little to other targets, as a near-duplicate would; highest "
-                    "scores first, each pair side by side. Under each training image: the cosine similarity of the "
-                    "two images' pixels (training mean image subtracted; 1 for identical images) and the pair's "
-                    "effect measured on the store (the target's mean margin over models trained with the example "
-                    "minus without, in standard deviations of its margin). A near-duplicate has both high; a large "
-                    "weight whose measured effect is small is the regression's, not the models'; a similar image "
-                    "with no effect does not change the models. Pixel rank 1: no training image is more similar to "
-                    "the target. A duplicate of an easy example barely changes the model and stays invisible here.",
-                    _img(fig, "leakage pairs"),
-                    _table(rows, ["rank", "target", "train", "score", "weight", "pixel similarity", "pixel rank",
-                                    "measured effect", "effect (sd)"]))
 
 
 def _embeddings(run: Run, seed: int) -> Optional[dict]:

@@ -111,6 +111,18 @@ def test_counterfactuals_verified_by_retraining(tiny, ray_local):
         rounding = 2 * sum_bound(np.append(tiny.weight[:, t], tiny.bias[t]))
         assert c["verified"]["predicted_change"] == pytest.approx(c["predicted_change"], abs=rounding)
     assert res["correlation"]["pearson"] > 0.5, res["correlation"]
+    summary = res["summary"]
+    assert summary["n"] == 36 and summary["pearson"] == pytest.approx(res["correlation"]["pearson"])
+    for key in ("pearson", "weighted_pearson", "pearson_judged"):
+        lo, hi = summary[f"{key}_ci"]
+        assert lo <= summary[key] <= hi and hi - lo > 0, (key, summary)
+    se = np.array([c["verified"]["actual_change_se"] for c in items])
+    assert np.isfinite(se).all() and (se > 0).all()
+    # the rule is the stated one: too noisy when the SE exceeds half the spread of the predictions
+    limit = 0.5 * np.std([c["verified"]["predicted_change"] for c in items], ddof=1)
+    assert summary["noisy_limit"] == pytest.approx(limit)
+    assert [not c["verified"]["judged"] for c in items] == list(se > limit)
+    assert summary["judged"] == int((se <= limit).sum())
     # removing the most supportive examples really lowers the margin, on average
     assert np.mean([c["verified"]["actual_change"] for c in items if c["remove"] == "top:20"]) < 0
 
@@ -150,6 +162,14 @@ def test_brittleness_verified_by_retraining(tiny, ray_local):
     v = res["verified"]
     assert v["checked"] == c["at_most_20"] >= 5
     assert v["share"] >= 0.5, v
+    assert v["share_ci"][0] <= v["share"] <= v["share_ci"][1]
+    assert v["surely_flipped"] + v["surely_holds"] + v["undecided"] == v["checked"]
+    for r in res["targets"]:
+        if "verified" in r:
+            m, se = r["verified"]["actual_after"], r["verified"]["actual_after_se"]
+            assert se > 0
+            expected = "flipped" if m + 1.96 * se < 0 else "holds" if m - 1.96 * se > 0 else "undecided"
+            assert r["verified"]["verdict"] == expected
     assert sum(r["support_size"] is not None and r["support_size"] > 0 for r in res["targets"]) == c["flippable"]
 
 
@@ -250,12 +270,30 @@ def test_cli_tables_and_json(tiny):
 
 
 def test_cli_verify_keeps_results_for_the_report(tiny, ray_local, capsys):
+    import re
+
+    from datamodels.report import _render
+    from datamodels.report_analyses import counterfactuals
+
     # in-process, so the module's Ray instance is reused
-    assert main(["counterfactual", "--target", "2", "--remove", "top:10", "--verify", "2", "--run", str(tiny.path)]) == 0
+    assert main(["counterfactual", "--batch", "4", "--remove", "top:10", "--verify", "3", "--run", str(tiny.path)]) == 0
     out = capsys.readouterr()
     assert "actual_change" in out.out and "analyses/counterfactual.json" in out.err
+    header = next(line for line in out.out.splitlines() if line.lstrip().startswith("target"))
+    assert header.split()[-2:] == ["se", "judged"]
     saved = json.loads((tiny.path / "analyses" / "counterfactual.json").read_text())
     assert saved["fingerprint"] == tiny.fingerprint() and "verified" in saved["counterfactuals"][0]
+    s = saved["summary"]
+    number = r"(-?\d\.\d{3}|nan)"
+    shown = re.search(rf"Pearson r = {number} \[{number}, {number}\]", out.out)
+    assert shown and float(shown.group(1)) == pytest.approx(s["pearson"], abs=5e-4), out.out
+    assert [float(x) for x in shown.groups()[1:]] == pytest.approx(s["pearson_ci"], abs=5e-4, nan_ok=True)
+    assert f"r = {s['weighted_pearson']:.3f}" in out.out
+    for c in saved["counterfactuals"]:  # every item's SE is in the table
+        assert f"{c['verified']['actual_change_se']:.6g}" in out.out
+    page = _render(run_path="", generated="", seconds="0", fingerprint="", sections=[counterfactuals(tiny)])
+    assert "bootstrap over counterfactuals" in page and "±1.96 standard errors" in page
+    assert f"r = {s['weighted_pearson']:.3f}</b>" in page
 
 
 @pytest.mark.parametrize("args, message", [

@@ -96,6 +96,8 @@ def test_pair_figures_are_measured_on_the_store_and_the_images(planted):
         # float64 sums of the same float32 margins in another order (tests/helpers/bounds.py)
         assert p["effect"] == pytest.approx(direct, abs=4 * sum_bound(y, U64) / min(has.sum(), (~has).sum()))
         assert p["effect_sd"] == pytest.approx(direct / y.std(), rel=1e-6)
+        se = np.sqrt(y[has].var(ddof=1) / has.sum() + y[~has].var(ddof=1) / (~has).sum())
+        assert p["effect_se"] == pytest.approx(se, rel=1e-4) and p["effect_z"] == pytest.approx(p["effect"] / se, rel=1e-4)
         a, b = flat(x_test[t]), flat(x_train[j])
         cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
         assert p["similarity"] == pytest.approx(cos, abs=1e-12)
@@ -109,7 +111,8 @@ def test_pair_figures_are_measured_on_the_store_and_the_images(planted):
 
 
 def test_leakage_on_the_command_line_and_in_the_report(planted):
-    from datamodels.report import _leakage, _render
+    from datamodels.report import _render
+    from datamodels.report_analyses import leakage as leakage_section
 
     run, pairs, _ = planted
     cmd = [sys.executable, "-m", "datamodels.cli", "leakage", "--k", "3", "--run", str(run.path)]
@@ -119,12 +122,17 @@ def test_leakage_on_the_command_line_and_in_the_report(planted):
         assert set(leakage_module.DETAILS) <= set(p)
     table = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     header = next(line for line in table.splitlines() if line.lstrip().startswith("rank"))
-    assert header.split() == ["rank", "target", "train", "score", "weight", "similarity", "pixel_rank", "effect",
-                              "effect_sd"]
-    section = _render(run_path=str(run.path), generated="", seconds="0", fingerprint="", sections=[_leakage(run)])
-    assert "pixel similarity" in section and "effect (sd)" in section
+    assert header.split() == ["rank", "target", "train", "score", "weight", "aligned", "similarity", "pixel_rank",
+                              "effect", "effect_se", "effect_sd", "effect_z"]
+    section = _render(run_path=str(run.path), generated="", seconds="0", fingerprint="",
+                      sections=[leakage_section(run)])
+    assert "pixel similarity" in section and "effect (sd)" in section and "effect (SE)" in section
     top = data["pairs"][0]
-    assert f"{top['similarity']:.3g}" in section and f"{top['effect_sd']:.3g}" in section
+    for key in ("similarity", "aligned_similarity", "effect_sd", "effect_se", "effect_z"):
+        assert f"{top[key]:.3g}" in section, key
+    plain = json.loads(subprocess.run(cmd + ["--json", "--similarity", "pixels"], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert plain["similarity"] == "pixels" and data["similarity"] == "aligned"
 
 
 def test_plant_duplicates_ink_noise_and_shifts(planted, tmp_path):
@@ -153,15 +161,43 @@ def test_plant_duplicates_bad_input(planted, tmp_path, kwargs, message):
         analyses.plant_duplicates(run.data_dir, [0], tmp_path / "p.npz", **kwargs)
 
 
-def test_score_is_the_behavioural_score_times_the_pixel_factor(planted):
+def test_aligned_similarity_undoes_shifts_brightness_and_contrast(planted):
+    run, _, (t, j) = planted
+    x_test, _ = run.images("test")
+    x_train, _ = run.images("train")
+    originals = x_test[:20].astype(np.float32)
+    shifted = np.roll(originals, 1, axis=2)  # the digits' edge columns are blank: a roll is a shift
+    brighter = originals * 0.8 + 2.0
+    mean = x_train.reshape(len(x_train), -1).astype(np.float64).mean(0)
+    centred = lambda x: x.reshape(len(x), -1).astype(np.float64) - mean
+    for copies in (shifted, brighter):
+        aligned = np.diagonal(leakage_module._aligned_cosines(run, copies, originals))
+        plain = np.diagonal(leakage_module.cosine_rows(centred(copies), centred(originals)))
+        assert aligned.min() > 0.95, aligned  # not 1: the mean image subtracted is not shifted
+        assert np.median(aligned - plain) > 0.05, (aligned, plain)
+    # an unrelated image is not made alike: the median over other targets stays well below a copy's
+    others = leakage_module._aligned_cosines(run, originals, originals)
+    assert np.median(others[~np.eye(20, dtype=bool)]) < 0.6
+    A = leakage_module.aligned_similarities(run)
+    assert A[j, t] == pytest.approx(1.0, abs=1e-5)
+    pairs = [(p["target"], p["train"]) for p in analyses.leakage(run, k=5)["pairs"]]
+    assert np.allclose(leakage_module.aligned_similarity(run, pairs), [A[jj, tt] for tt, jj in pairs], atol=1e-5)
+
+
+def test_score_is_the_behavioural_score_times_the_similarity_factor(planted):
     run, _, (t, j) = planted
     B = leakage_module.behaviour_scores(run)
     C = leakage_module.pixel_similarities(run)
-    S = leakage_module.scores(run)
+    A = leakage_module.aligned_similarities(run)
+    assert np.allclose(leakage_module.scores(run), B * (1 + A) / 2, rtol=1e-6, atol=0)
+    S = leakage_module.scores(run, similarity="pixels")
     assert np.array_equal(leakage_module.scores(run, pixels=False), B)
+    assert np.array_equal(leakage_module.scores(run, similarity="none"), B)
+    with pytest.raises(DatamodelsError, match="--similarity must be one of"):
+        leakage_module.scores(run, similarity="ssim")
     assert np.allclose(S, B * (1 + C) / 2, rtol=1e-6, atol=0)
     assert C[j, t] == pytest.approx(1.0, abs=1e-5) and S[j, t] == pytest.approx(B[j, t], rel=1e-5)
     # the matrix holds the pairs' similarities (float32 against float64 sums of at most 64 terms)
-    for p in analyses.leakage(run, k=5)["pairs"]:
+    for p in analyses.leakage(run, k=5, similarity="pixels")["pairs"]:
         assert C[p["train"], p["target"]] == pytest.approx(p["similarity"], abs=1e-5)
         assert p["behaviour"] == B[p["train"], p["target"]]

@@ -12,7 +12,10 @@ predicted to flip the prediction (margin below 0).  Predictions follow the setti
 A target already predicted wrong has support size 0; one that no removal of positively
 weighted examples flips has none (``None``).  Verification retrains ``verify`` models per
 target without its support set (in the same setting) and counts a flip when their mean
-margin is below 0.
+margin is below 0.  Each verified target carries the standard error of that mean and a verdict
+(``uncertainty.verdict``): ``flipped`` or ``holds`` when the mean is more than 1.96 standard
+errors below or above 0, else ``undecided``, with the retrained models that would settle it were
+the mean to stay where it is; the share that flip comes with a bootstrap 95% interval over targets.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import numpy as np
 from ..errors import DatamodelsError
 from ._run import Run, open_run, pool_masks, rng_for, seeds_for
 from .counterfactual import BASES
+from .uncertainty import bootstrap_ci, verdict
 
 
 def support_sizes(run: Union[Run, str], base: str = "subset", targets: Optional[Sequence[int]] = None,
@@ -104,13 +108,22 @@ def _verify(run: Run, rows: List[dict], base: str, repeats: int, max_support: in
         removed[r["support"]] = True
         masks.append(np.tile(~removed, (repeats, 1)) if base == "full" else pool_masks(rng, removed, s, repeats))
     margins = run.retrain(np.concatenate(masks), np.tile(seeds, len(chosen)), progress=progress)
-    flipped = 0
+    flips = np.zeros(len(chosen), dtype=bool)
+    verdicts = []
     for i, r in enumerate(chosen):
-        m = margins[i * repeats:(i + 1) * repeats, r["target"]]
-        r["verified"] = {"actual_after": float(m.mean()), "share_of_models_wrong": float((m < 0).mean()),
-                         "flipped": bool(m.mean() < 0)}
-        flipped += int(m.mean() < 0)
-    return {"models": repeats, "checked": len(chosen), "flipped": flipped, "share": flipped / len(chosen)}
+        m = margins[i * repeats:(i + 1) * repeats, r["target"]].astype(np.float64)
+        se = float(m.std(ddof=1) / np.sqrt(repeats)) if repeats > 1 else float("nan")
+        r["verified"] = {"actual_after": float(m.mean()), "actual_after_se": se,
+                         "share_of_models_wrong": float((m < 0).mean()), "flipped": bool(m.mean() < 0),
+                         **verdict(float(m.mean()), se, repeats)}
+        flips[i] = m.mean() < 0
+        verdicts.append(r["verified"]["verdict"])
+    undecided = [r["verified"]["models_to_settle"] for r in chosen if r["verified"]["verdict"] == "undecided"]
+    return {"models": repeats, "checked": len(chosen), "flipped": int(flips.sum()), "share": float(flips.mean()),
+            "share_ci": bootstrap_ci(lambda i: float(flips[i].mean()), len(chosen), seed=seed),
+            "surely_flipped": verdicts.count("flipped"), "surely_holds": verdicts.count("holds"),
+            "undecided": len(undecided),
+            "models_to_settle": max((m for m in undecided if m is not None), default=None)}
 
 
 def histogram(result: dict) -> List[dict]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import DatamodelsError
 from ._run import Run, correlation, open_run, parse_remove, pool_masks, rng_for, seeds_for
+from .uncertainty import verified_summary
 
 BASES = ("subset", "full")
 
@@ -34,7 +35,9 @@ def counterfactual(run: Union[Run, str], targets: Union[int, Sequence[int]], rem
     ``random:K`` or a file of training indices; every (target, spec) pair is one
     counterfactual.  Returns ``{"counterfactuals": [...], "correlation": ...}``; the
     correlation between predicted and actual margin changes over all counterfactuals
-    (Pearson and Spearman) is there when verified."""
+    (Pearson and Spearman) is there when verified, and ``summary``
+    (``uncertainty.verified_summary``): the correlations with bootstrap confidence intervals, one
+    weighted by each actual change's standard error, and the items too noisy to judge."""
     run = open_run(run)
     if base not in BASES:
         raise DatamodelsError(f"--base must be subset or full, got {base!r}")
@@ -57,6 +60,7 @@ def counterfactual(run: Union[Run, str], targets: Union[int, Sequence[int]], rem
         _verify(run, items, base, int(verify), seed, progress)
         result["correlation"] = correlation([c["verified"]["predicted_change"] for c in items],
                                             [c["verified"]["actual_change"] for c in items])
+        result["summary"] = summarise(items, int(verify), seed)
         result["by_spec"] = {spec: correlation([c["verified"]["predicted_change"] for c in items if c["remove"] == spec],
                                                [c["verified"]["actual_change"] for c in items if c["remove"] == spec])
                              for spec in specs}
@@ -129,6 +133,21 @@ def _verify(run: Run, items: List[dict], base: str, repeats: int, seed: int, pro
         }
 
 
+def summarise(items: List[dict], repeats: int, seed: int = 0) -> dict:
+    """``uncertainty.verified_summary`` of verified counterfactuals; marks each flagged item
+    ``verified.judged = False`` with the model pairs that would settle it."""
+    v = [c["verified"] for c in items]
+    summary = verified_summary([x["predicted_change"] for x in v], [x["actual_change"] for x in v],
+                               [x["actual_change_se"] for x in v], repeats=repeats, seed=seed)
+    settle = summary.get("models_to_settle", {})
+    for i, x in enumerate(v):
+        x["judged"] = i not in settle
+        if i in settle:
+            x["models_to_settle"] = settle[i]
+    summary["models_to_settle"] = {str(i): m for i, m in settle.items()}  # JSON keys are strings
+    return summary
+
+
 def pick_targets(run: Union[Run, str], count: int, seed: int = 0) -> np.ndarray:
     """``count`` distinct targets drawn at random (sorted), for batch counterfactuals."""
     run = open_run(run)
@@ -149,5 +168,6 @@ def table(result: dict) -> List[dict]:
             v = c["verified"]
             row["actual_before"], row["actual_after"] = v["actual_before"], v["actual_after"]
             row["actual_change"], row["se"] = v["actual_change"], v["actual_change_se"]
+            row["judged"] = "yes" if v.get("judged", True) else f"no: {v.get('models_to_settle')} pairs"
         rows.append(row)
     return rows

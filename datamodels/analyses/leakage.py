@@ -51,15 +51,30 @@ from ..errors import DatamodelsError
 from ._run import Run, open_run
 
 
-def scores(run: Union[Run, str], pixels: bool = True) -> np.ndarray:
-    """Leakage scores [N_train, T] (0 for targets that are training examples themselves);
+SIMILARITIES = ("aligned", "pixels", "none")
+
+
+def scores(run: Union[Run, str], pixels: bool = True, similarity: str = "aligned") -> np.ndarray:
+    """Leakage scores [N_train, T] (0 for targets that are training examples themselves):
+    the behavioural score times (1 + similarity) / 2, ``similarity`` ``aligned``
+    (``aligned_similarities``, the default) or ``pixels`` (``pixel_similarities``); ``none``,
     ``pixels=False``, or a run without prepared data (no images to compare): the behavioural
-    score alone, without the pixel-similarity factor."""
+    score alone."""
     run = open_run(run)
-    s = behaviour_scores(run)
-    if pixels and run.has_data:
-        s *= (1.0 + np.nan_to_num(pixel_similarities(run), nan=0.0)) / 2
-    return s
+    return _scores(run, behaviour_scores(run), _similarity_name(run, pixels, similarity))
+
+
+def _similarity_name(run: Run, pixels: bool, similarity: str) -> str:
+    if similarity not in SIMILARITIES:
+        raise DatamodelsError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+    return similarity if pixels and run.has_data else "none"
+
+
+def _scores(run: Run, B: np.ndarray, similarity: str) -> np.ndarray:
+    if similarity == "none":
+        return B
+    sims = aligned_similarities(run) if similarity == "aligned" else pixel_similarities(run)
+    return B * ((1.0 + np.nan_to_num(sims, nan=0.0)) / 2)
 
 
 def pixel_similarities(run: Union[Run, str], chunk: int = 4096) -> np.ndarray:
@@ -76,6 +91,81 @@ def pixel_similarities(run: Union[Run, str], chunk: int = 4096) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             out[start:start + chunk] = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ t.T
     return out
+
+
+ALIGN_SHIFT = 2  # pixels: the largest translation (per axis) ``aligned_similarities`` undoes
+ALIGN_BLUR = 0.6  # pixels: the Gaussian blur before comparing, so a sub-pixel or re-encoding change moves little
+ALIGN_SIZE = 16  # larger images are averaged down to about this many pixels a side first
+
+
+def _aligned_features(x: np.ndarray) -> np.ndarray:
+    """Blurred (and, for large images, downsampled) images as float32 [n, H, W, C]."""
+    from scipy.ndimage import gaussian_filter
+
+    x = x.astype(np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    f = -(-x.shape[1] // ALIGN_SIZE)
+    if f > 1:  # block means: a cheap, shift-tolerant downsampling
+        h, w = x.shape[1] // f * f, x.shape[2] // f * f
+        x = x[:, :h, :w].reshape(len(x), h // f, f, w // f, f, x.shape[3]).mean((2, 4))
+    return gaussian_filter(x, (0, ALIGN_BLUR, ALIGN_BLUR, 0), mode="nearest")
+
+
+def _standardise(a: np.ndarray) -> np.ndarray:
+    """Rows with their own mean removed (a brightness offset) and unit norm (a contrast factor)."""
+    a = a - a.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def _aligned_cosines(run: Run, x_rows: np.ndarray, x_targets: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """[len(x_rows), len(x_targets)]: the best over shifts of the rows' images of the cosine of
+    standardised, mean-subtracted features (the mean: that of the training set's standardised ones)."""
+    train = _aligned_features(run.images("train")[0])
+    background = float(train.min())
+    flat = lambda x: _standardise(x.reshape(len(x), -1))  # noqa: E731
+    mean = np.nan_to_num(flat(train)).mean(0)
+    t = _standardise(flat(_aligned_features(x_targets)) - mean).astype(np.float32)
+    rows = _aligned_features(x_rows)
+    H, W = rows.shape[1:3]
+    out = np.full((len(rows), len(t)), -np.inf, dtype=np.float32)
+    n = ALIGN_SHIFT
+    for dy in range(-n, n + 1):
+        for dx in range(-n, n + 1):
+            moved = np.full_like(rows, background)
+            moved[:, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+                rows[:, max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+            for start in range(0, len(rows), chunk):
+                a = _standardise(flat(moved[start:start + chunk]) - mean).astype(np.float32)
+                np.maximum(out[start:start + chunk], np.nan_to_num(a @ t.T, nan=-np.inf), out=out[start:start + chunk])
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def aligned_similarities(run: Union[Run, str]) -> np.ndarray:
+    """Similarity of every (training example, target) pair's images [N_train, T], float32, made to
+    hold under what near-duplicates undergo: both images blurred (sigma ``ALIGN_BLUR`` px; images
+    over ``ALIGN_SIZE`` px are first averaged down), each image's own mean removed (brightness) and
+    its norm divided out (contrast), the training set's mean of those subtracted, and the cosine
+    taken at the best of every translation of the training image by up to ``ALIGN_SHIFT`` px per
+    axis (shifts, crops).  Identical images score 1; unrelated ones score above ``pixel_similarities`` gives them,
+    as the best of 25 alignments is taken."""
+    run = open_run(run)
+    x_train, _ = run.images("train")
+    x_t, _ = run.target_images(np.arange(run.num_targets))
+    return _aligned_cosines(run, x_train, x_t)
+
+
+def aligned_similarity(run: Union[Run, str], pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
+    """``aligned_similarities`` of the listed (target, train) pairs alone."""
+    run = open_run(run)
+    if not pairs:
+        return np.zeros(0)
+    x_train, _ = run.images("train")
+    x_t, _ = run.target_images([t for t, _ in pairs])
+    sims = _aligned_cosines(run, x_train[[j for _, j in pairs]], x_t)
+    return np.diagonal(sims).astype(np.float64)
 
 
 def behaviour_scores(run: Union[Run, str]) -> np.ndarray:
@@ -98,16 +188,16 @@ def behaviour_scores(run: Union[Run, str]) -> np.ndarray:
 
 
 def leakage(run: Union[Run, str], *, k: int = 20, known: Optional[Iterable[Tuple[int, int]]] = None,
-            pixels: bool = True) -> dict:
+            pixels: bool = True, similarity: str = "aligned") -> dict:
     """The ``k`` highest-scoring (test target, training example) pairs, and with ``known``
     duplicate pairs (target, train index) their ranks and precision/recall in the top k.
     Each pair comes with its ``weight``, ``behaviour`` score and ``pair_details``."""
     run = open_run(run)
     if int(k) < 1:
         raise DatamodelsError(f"--k must be >= 1, got {k}")
+    similarity = _similarity_name(run, pixels, similarity)  # a store without its images: behaviour alone
     B = behaviour_scores(run)
-    pixels = pixels and run.has_data  # a store without its images: behaviour alone
-    S = B * ((1.0 + np.nan_to_num(pixel_similarities(run), nan=0.0)) / 2) if pixels else B
+    S = _scores(run, B, similarity)
     flat = S.T.reshape(-1)  # target-major: index = t * N + j
     N = S.shape[0]
     k = min(int(k), flat.size)
@@ -118,7 +208,8 @@ def leakage(run: Union[Run, str], *, k: int = 20, known: Optional[Iterable[Tuple
               "weight": float(W[i % N, i // N]), "behaviour": float(B[i % N, i // N])} for r, i in enumerate(top)]
     for p, d in zip(pairs, pair_details(run, [(p["target"], p["train"]) for p in pairs])):
         p.update({key: d[key] for key in DETAILS})
-    result = {"k": k, "fingerprint": run.fingerprint(), "pixels": bool(pixels), "pairs": pairs}
+    result = {"k": k, "fingerprint": run.fingerprint(), "pixels": similarity != "none", "similarity": similarity,
+              "pairs": pairs}
     if known is not None:
         known = [(run.check_target(t), _check_train(j, N)) for t, j in known]
         result["known"] = evaluate_known(S, known, k)
@@ -128,7 +219,7 @@ def leakage(run: Union[Run, str], *, k: int = 20, known: Optional[Iterable[Tuple
 
 
 # What ``pair_details`` adds to each listed pair.
-DETAILS = ("similarity", "pixel_rank", "effect", "effect_sd")
+DETAILS = ("similarity", "aligned_similarity", "pixel_rank", "effect", "effect_se", "effect_sd", "effect_z")
 
 
 def pair_details(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], chunk: int = 8192) -> List[dict]:
@@ -141,15 +232,19 @@ def pair_details(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], chunk: 
         return []
     if run.has_data:
         sim, rank = pixel_similarity(run, pairs)
+        aligned = aligned_similarity(run, pairs)
     else:  # no images to compare (a store without prepared data)
         sim, rank = np.full(len(pairs), np.nan), np.zeros(len(pairs), dtype=int)
-    effects = measured_effects(run, pairs, chunk=chunk)
+        aligned = np.full(len(pairs), np.nan)
+    effects, ses = effect_estimates(run, pairs, chunk=chunk)
     _, sd = run.margin_moments()
     out = []
-    for (t, j), s, r, e in zip(pairs, sim, rank, effects):
-        out.append({"target": int(t), "train": int(j), "similarity": float(s), "pixel_rank": int(r),
-                    "effect": float(e), "margin_std": float(sd[t]),
-                    "effect_sd": float(e / sd[t]) if sd[t] > 0 else float("nan")})
+    for (t, j), s, a, r, e, se in zip(pairs, sim, aligned, rank, effects, ses):
+        out.append({"target": int(t), "train": int(j), "similarity": float(s), "aligned_similarity": float(a),
+                    "pixel_rank": int(r),
+                    "effect": float(e), "effect_se": float(se), "margin_std": float(sd[t]),
+                    "effect_sd": float(e / sd[t]) if sd[t] > 0 else float("nan"),
+                    "effect_z": float(e / se) if se > 0 else float("nan")})
     return out
 
 
@@ -190,6 +285,15 @@ def measured_effects(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], chu
     """Each (target t, train j) pair's effect measured on the store, without the datamodels: t's
     mean margin over the fitting models whose subset holds j, minus its mean over those without
     (one pass over the store in chunks of rows)."""
+    return effect_estimates(run, pairs, chunk)[0]
+
+
+def effect_estimates(run: Union[Run, str], pairs: Sequence[Tuple[int, int]],
+                     chunk: int = 8192) -> Tuple[np.ndarray, np.ndarray]:
+    """``measured_effects`` and the standard error of each: that of a difference of two means
+    over independent groups of models, sqrt(var_with / n_with + var_without / n_without), so an
+    effect can be judged against the noise of its own estimate and not only against the spread
+    of the target's margin."""
     run = open_run(run)
     rows = run.store.rows("fit")
     if len(rows) == 0:
@@ -197,22 +301,27 @@ def measured_effects(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], chu
     ts = np.array([run.check_target(t) for t, _ in pairs], dtype=np.int64)
     js = np.array([_check_train(j, run.num_train) for _, j in pairs], dtype=np.int64)
     cols = run.columns[ts]
-    has_n = np.zeros(len(js))
-    has_sum = np.zeros(len(js))
-    total = np.zeros(len(js))
+    has_n, has_sum, has_sq, total, total_sq = (np.zeros(len(js)) for _ in range(5))
     for start in range(0, len(rows), chunk):
         r = rows[start:start + chunk]
         has = np.asarray(run.store.masks[r], dtype=bool)[:, js]
         y = np.asarray(run.store.margins[r], dtype=np.float64)[:, cols]
         has_n += has.sum(0)
         has_sum += np.where(has, y, 0.0).sum(0)
+        has_sq += np.where(has, y * y, 0.0).sum(0)
         total += y.sum(0)
+        total_sq += (y * y).sum(0)
     without_n = len(rows) - has_n
     bad = (has_n == 0) | (without_n == 0)
     if bad.any():
         j = int(js[np.flatnonzero(bad)[0]])
         raise DatamodelsError(f"training example {j} is in every or no fitting subset; its effect is undefined")
-    return has_sum / has_n - (total - has_sum) / without_n
+    mean_with = has_sum / has_n
+    mean_without = (total - has_sum) / without_n
+    with np.errstate(invalid="ignore", divide="ignore"):  # one model in a group: no variance, NaN
+        var_with = np.clip(has_sq - has_n * mean_with ** 2, 0, None) / (has_n - 1)
+        var_without = np.clip(total_sq - has_sq - without_n * mean_without ** 2, 0, None) / (without_n - 1)
+    return mean_with - mean_without, np.sqrt(var_with / has_n + var_without / without_n)
 
 
 def _check_train(j, n: int) -> int:
@@ -335,11 +444,12 @@ def planted_effects(run: Union[Run, str], pairs: Sequence[Tuple[int, int]]) -> L
             for d in pair_details(run, pairs)]
 
 
-def planted_check(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], pixels: bool = True) -> dict:
+def planted_check(run: Union[Run, str], pairs: Sequence[Tuple[int, int]], pixels: bool = True,
+                  similarity: str = "aligned") -> dict:
     """The planted-leakage criterion: every planted pair whose true effect exceeds one standard
     deviation of its target's margin ranks within the top 2n pairs (n planted pairs)."""
     run = open_run(run)
-    S = scores(run, pixels=pixels)
+    S = scores(run, pixels=pixels, similarity=similarity)
     effects = planted_effects(run, pairs)
     r = ranks(S, [(e["target"], e["train"]) for e in effects])
     n = len(pairs)

@@ -105,19 +105,24 @@ def checked(value, schema, path) -> Any:
 # ---- RUN/analyses/*.json ------------------------------------------------------------------------
 
 _CORRELATION = {"pearson?": float, "spearman?": float, "n?": int}
+_SUMMARY = {"n": int, "pearson": float, "pearson_ci": [float], "weighted_pearson": float,
+            "weighted_pearson_ci": [float], "pearson_judged": float, "pearson_judged_ci": [float],
+            "judged": int, "noisy": [int], "noisy_limit": float, "models_to_settle?": MapOf(int)}
 RESULT_SCHEMAS = {
     "counterfactual": {
         "fingerprint": str, "base": str, "verify": int,
         "counterfactuals": [{"target": int, "remove": str, "predicted_change": FINITE,
                              "verified?": {"models": int, "predicted_change": FINITE, "actual_change": FINITE,
                                            "actual_change_se": float}}],
-        "correlation?": _CORRELATION, "by_spec?": MapOf(_CORRELATION)},
+        "correlation?": _CORRELATION, "by_spec?": MapOf(_CORRELATION), "summary?": _SUMMARY},
     "brittleness": {
         "fingerprint": str, "num_targets": int, "max_support": int,
         "counts": {"already_wrong": int, "flippable": int, "never_flips": int},
         "targets": [{"target": int, "support_size": (int, None), "predicted_before": float,
-                     "predicted_after": float, "verified?": {"actual_after": float}}],
-        "verified?": {"models": int, "checked": int, "flipped": int, "share": float}},
+                     "predicted_after": float, "verified?": {"actual_after": float, "actual_after_se?": float,
+                                                             "verdict?": str}}],
+        "verified?": {"models": int, "checked": int, "flipped": int, "share": float, "share_ci?": [float],
+                      "undecided?": int, "models_to_settle?": (int, None)}},
     "learning_curve": {
         "fingerprint": str, "num_targets": int,
         "points": [{"num_models": int, "lds": float, "quantiles?": MapOf(float)}]},

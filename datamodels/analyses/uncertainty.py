@@ -123,3 +123,22 @@ def verdict(mean: float, se: float, repeats: int) -> dict:
         return {"verdict": "holds"}
     return {"verdict": "undecided",
             "models_to_settle": models_for_se(repeats, se, abs(mean) / Z) if mean != 0 else None}
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def summary_lines(s: dict, repeats: int) -> list:
+    """The counterfactual summary, each correlation with its bootstrap interval, and the rule for noisy items."""
+    lines = [f"predicted vs actual margin change over {s['n']} counterfactuals ({s['level']:.0%} bootstrap intervals "
+             f"over counterfactuals): Pearson r = {s['pearson']:.3f} {_ci(s['pearson_ci'])}, Spearman = "
+             f"{s['spearman']:.3f} {_ci(s['spearman_ci'])}",
+             f"weighted by the precision of each actual change (1 / (se^2 + median se^2)): r = "
+             f"{s['weighted_pearson']:.3f} {_ci(s['weighted_pearson_ci'])}"]
+    if s["noisy"]:
+        worst = max(s.get("models_to_settle", {}).values(), default=None)
+        lines.append(f"{len(s['noisy'])} too noisy to judge (se above half the sd of the predicted changes, "
+                     f"{s['noisy_limit']:.3g}; up to {worst} model pairs each would judge them, {repeats} were "
+                     f"trained); without them r = {s['pearson_judged']:.3f} {_ci(s['pearson_judged_ci'])}")
+    return lines
