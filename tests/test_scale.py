@@ -150,9 +150,11 @@ emb.embeddings(analyses.Run(d, datamodels={{"weight": W[:, :20].copy(), "bias": 
 """
 
 
-@pytest.mark.parametrize("stage,N,T", [("embeddings", 12000, 400), ("embeddings", 3000, 2500)])
+@pytest.mark.parametrize("stage,N,T", [("embeddings", 12000, 400), ("embeddings", 3000, 2500),
+                                       ("leakage", 12000, 400)])
 def test_analysis_memory_estimates_match_the_measured_peak(stage, N, T):
-    call = {"embeddings": "emb.embeddings(run)\nestimate = emb.embeddings_memory(N, T)"}[stage]
+    call = {"embeddings": "emb.embeddings(run)\nestimate = emb.embeddings_memory(N, T)",
+            "leakage": "leak.scores(run, pixels=False)\nestimate = leak.leakage_memory(N, T, similarity=False)"}[stage]
     body, estimate = call.split("\n")
     measured, estimate = measured_peak(RUN_OF_WEIGHTS.format(N=N, T=T) + f"def work():\n    {body}\n{estimate}")
     assert abs(estimate - measured) <= 0.25 * measured, (measured, estimate)
