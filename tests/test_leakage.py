@@ -189,7 +189,7 @@ def test_score_is_the_behavioural_score_times_the_similarity_factor(planted):
     B = leakage_module.behaviour_scores(run)
     C = leakage_module.pixel_similarities(run)
     A = leakage_module.aligned_similarities(run)
-    assert np.allclose(leakage_module.scores(run), B * (1 + A) / 2, rtol=1e-6, atol=0)
+    assert np.allclose(leakage_module.scores(run), B * ((1 + A) / 2) ** 4, rtol=1e-5, atol=0)
     S = leakage_module.scores(run, similarity="pixels")
     assert np.array_equal(leakage_module.scores(run, pixels=False), B)
     assert np.array_equal(leakage_module.scores(run, similarity="none"), B)
