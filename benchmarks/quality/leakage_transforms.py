@@ -27,10 +27,11 @@ planted pairs are left out of the ranking) and 2n is twice the family's copies:
 
     behaviour    the behavioural score alone (weights over margin spread, exclusivity)
     pixels       behaviour x (1 + pixel cosine) / 2, the previous default
-    aligned      behaviour x (1 + aligned similarity) / 2: the pixel cosine after a blur, maximised
-                 over shifts of up to 2 px (``leakage.aligned_similarities``), the current default
+    aligned_power1  behaviour x (1 + aligned similarity) / 2: the cosine after a blur and the removal of
+                 brightness and contrast, maximised over shifts of up to 2 px (``leakage.aligned_similarities``)
+    aligned      behaviour x ((1 + aligned similarity) / 2) ** 4, the current default (``leakage.scores``)
 
-    python benchmarks/quality/leakage_transforms.py            # ~15 min on 2 cores
+    python benchmarks/quality/leakage_transforms.py            # ~20 min on 2 cores
     python benchmarks/quality/leakage_transforms.py --sets digits --configs configs/digits-memorise.yaml
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ from benchmarks.harness import machine_info, save_result  # noqa: E402
 
 FAMILIES = ("shift1", "shift23", "crop", "brightness", "blur", "noise", "jpeg", "combo")
 SETS = {"digits": [], "synthetic": ["data.source=synthetic", "data.num_train=1500", "data.image_size=12"]}
-SCORES = ("behaviour", "pixels", "aligned")
+SCORES = ("behaviour", "pixels", "aligned_power1", "aligned")
 PROBE_MODELS = 100
 
 
@@ -175,9 +176,11 @@ def one(data_set: str, config_path: str, root: Path, n: int, models: int, seed: 
     run = analyses.Run(out)
     t1 = time.time()
     B = lk.behaviour_scores(run)
+    aligned_factor = (1 + np.nan_to_num(lk.aligned_similarities(run), nan=0.0)) / 2
     matrices = {"behaviour": B,
                 "pixels": B * (1 + np.nan_to_num(lk.pixel_similarities(run), nan=0.0)) / 2,
-                "aligned": B * (1 + np.nan_to_num(lk.aligned_similarities(run), nan=0.0)) / 2}
+                "aligned_power1": B * aligned_factor,
+                "aligned": lk.scores(run)}
     score_s = time.time() - t1
     everything = [p for v in pairs.values() for p in v]
     details = {(d["target"], d["train"]): d for d in lk.pair_details(run, everything)}
