@@ -136,3 +136,35 @@ def test_run_with_eval_seeds_reports_interval_and_ceiling(run_config, ray_local,
     assert mean["lds"] != saved["lds"]
     html = (tmp.parent / "report.html").read_text()
     assert "noise ceiling" in html and "CI" in html
+
+
+def curve_records(lds_of, n, scatter=0.05, targets=200, seed=0):
+    offsets = np.random.default_rng(seed).normal(0, scatter, targets)
+    return [{"num_fit_models": int(m), "lds": float(np.mean(lds_of(m) + offsets)),
+             "per_target": list(lds_of(m) + offsets), "settings_key": "k", "time": float(i), "sweep_started": 0.0}
+            for i, m in enumerate(n)]
+
+
+def test_forecast_band_covers_the_extrapolation_error(monkeypatch):
+    """A learning curve that keeps rising faster than a - b n^-c fitted early predicts: the band from
+    targets alone misses the true crossing; the band with the backtested drift holds it."""
+    import importlib
+
+    from datamodels import live
+
+    forecast_lib = importlib.import_module("datamodels.live.forecast")  # the module, not its function
+
+    def true_lds(m):  # a slow late rise the power law's early fit underrates
+        return 0.8 - 1.2 * m ** -0.35 + 0.03 * np.log(m / 250)
+
+    records = curve_records(true_lds, np.arange(250, 2001, 250))
+    level = 0.85
+    grid = np.arange(2000, 200000, 10)
+    truth = grid[np.argmax(true_lds(grid) >= level)]
+    fc = live.forecast(records, levels=[level])
+    lo, hi = fc["models_for"]["0.85"]["band"]
+    assert "backtests" in fc["band_method"] and lo <= truth <= hi, (lo, truth, hi)
+    monkeypatch.setattr(forecast_lib, "MIN_BACKTESTS", 10 ** 9)
+    monkeypatch.setattr(forecast_lib, "DEFAULT_DRIFT", 0.0)
+    lo_old, hi_old = live.forecast(records, levels=[level])["models_for"]["0.85"]["band"]
+    assert not lo_old <= truth <= hi_old and lo < lo_old

@@ -10,7 +10,12 @@ import numpy as np
 from ..store import Store
 from .checkpoints import comparable, read_log
 
-BAND = (10, 90)  # percentiles of the bootstrap shown as the forecast's band
+BAND = (10, 90)  # percentiles of the forecast's samples shown as its band
+# The extrapolation error, in LDS per e-fold of models beyond the latest checkpoint, assumed when
+# the log has too few checkpoints to measure it (fewer than MIN_BACKTESTS misses of earlier
+# prefixes): draws spread evenly over +-DEFAULT_DRIFT.  See docs/lds-protocols.md for its calibration.
+DEFAULT_DRIFT = 0.02
+MIN_BACKTESTS = 3
 LEVELS = (0.8, 0.85, 0.9, 0.95)  # LDS levels `datamodels status` forecasts when none is given
 
 
@@ -56,17 +61,34 @@ def _models_for(p: tuple, level: float) -> float:
     return float((b / (a - level)) ** (1.0 / c))
 
 
+def backtest_drifts(n: np.ndarray, lds: np.ndarray) -> np.ndarray:
+    """How far earlier prefixes of the curve missed their later checkpoints: for the curve through
+    the checkpoints up to n_j and each later checkpoint n_k, (LDS_k - curve_j(n_k)) / ln(n_k / n_j),
+    the miss per e-fold of extrapolation."""
+    drifts = []
+    for j in range(2, len(n) - 1):  # prefixes of three checkpoints or more: two fix c = 1, a cruder curve
+        q = fit_curve(n[:j + 1], lds[:j + 1])
+        if q is not None:
+            later = slice(j + 1, None)
+            drifts.extend((lds[later] - curve_at(q, n[later])) / np.log(n[later] / n[j]))
+    return np.asarray(drifts, dtype=np.float64)
+
+
 def forecast(records: List[dict], levels: Sequence[float] = (), budgets: Sequence[int] = (),
              bootstrap: int = 200, seed: int = 0, curve_to: Optional[int] = None) -> dict:
     """The learning curve through the comparable checkpoints, and what it predicts.
 
     Returns ``{"curve": {a, b, c}, "limit", "num_fit_models" (the latest n), "lds" (measured
     there), "models_for": {level: {estimate, band}}, "lds_at": {budget: {...}},
-    "gain_from_doubling": {...}, "rate_models_per_s"}``; each band is the BAND percentiles
-    over ``bootstrap`` resamples of the targets.  ``models_for`` is ``inf`` where the curve's
-    limit stays below the level.  ``curve_to``: also ``curve_band``, the curve's band on a grid
-    from the first checkpoint to that many models (for plots).  Empty dict with fewer than two
-    checkpoints."""
+    "gain_from_doubling": {...}, "rate_models_per_s", "band_method"}``.  The estimates are the
+    curve's.  Each band is the BAND percentiles over ``bootstrap`` samples that join two sources
+    of error: the curve refitted on a resample of the targets, and an extrapolation drift (LDS per
+    e-fold of models beyond the latest checkpoint) drawn from how far the curves through earlier
+    prefixes of the log missed their later checkpoints (``backtest_drifts``; +-DEFAULT_DRIFT
+    while there are fewer than MIN_BACKTESTS).  The limit's band is the targets' alone.
+    ``models_for`` is ``inf`` where the curve's limit stays below the level.  ``curve_to``:
+    also ``curve_band``, the curve's band on a grid from the first checkpoint to that many models
+    (for plots).  Empty dict with fewer than two checkpoints."""
     points = comparable(records)
     if len(points) < 2:
         return {}
@@ -85,30 +107,68 @@ def forecast(records: List[dict], levels: Sequence[float] = (), budgets: Sequenc
         if q is not None:
             samples.append(q)
     now = float(n[-1])
+    drifts = backtest_drifts(n, mean)
+    measured = len(drifts) >= MIN_BACKTESTS
+    # The misses' sizes count, not their sign: a curve that ran ahead of its early fits slows later
+    # (digits: early prefixes under-forecast, later ones over-forecast), so each miss counts both ways.
+    pool = np.concatenate([drifts, -drifts]) if measured else np.linspace(-DEFAULT_DRIFT, DEFAULT_DRIFT, 21)
+    drift = rng.choice(pool, len(samples)) if len(samples) else np.empty(0)
 
-    def summarise(fn) -> dict:
-        values = np.sort(np.array([fn(q) for q in samples], dtype=np.float64))
+    def sampled(i: int, q: tuple, at) -> np.ndarray:
+        """Sample i's LDS at ``at`` models: its curve plus its drift beyond the latest checkpoint."""
+        at = np.asarray(at, dtype=np.float64)
+        return curve_at(q, at) + drift[i] * np.log(np.maximum(at, now) / now)
+
+    grid_ahead = now * np.geomspace(1.0, 1e4, 401)
+
+    def models_for(level: float) -> List[float]:
+        """Per sample, the models where it first reaches ``level`` (inf if not within 10^4 x now)."""
+        out = []
+        for i, q in enumerate(samples):
+            if curve_at(q, now) >= level:
+                out.append(_models_for(q, level))
+                continue
+            ahead = sampled(i, q, grid_ahead)
+            k = int(np.argmax(ahead >= level))
+            if ahead[k] < level:
+                out.append(math.inf)
+                continue
+            lo, hi = math.log(grid_ahead[k - 1]), math.log(grid_ahead[k])  # k >= 1: below the level at now
+            t = (level - ahead[k - 1]) / (ahead[k] - ahead[k - 1])
+            out.append(float(math.exp(lo + t * (hi - lo))))
+        return out
+
+    def summarise(fn, values=None) -> dict:
+        values = np.sort(np.array(values if values is not None else [fn(i, q) for i, q in enumerate(samples)],
+                                  dtype=np.float64))
         # Order statistics rather than np.percentile's interpolation, which turns inf into nan.
         band = [float(values[int(round(q / 100 * (len(values) - 1)))]) for q in BAND] if len(values) else []
-        return {"estimate": float(fn(p)), "band": band}
+        return {"estimate": float(fn(-1, p)), "band": band}
 
-    def gain(q):
-        return float(curve_at(q, 2 * now) - curve_at(q, now))
+    def gain(i, q):
+        return float(curve_at(q, 2 * now) - curve_at(q, now)) + (drift[i] * math.log(2) if i >= 0 else 0.0)
+
+    def lds_at(b):
+        return lambda i, q: float(sampled(i, q, b) if i >= 0 else curve_at(q, b))
 
     out = {
         "curve": {"a": p[0], "b": p[1], "c": p[2]},
         "num_checkpoints": len(points),
         "num_fit_models": int(now),
         "lds": float(mean[-1]),
-        "limit": summarise(lambda q: q[0]),
+        "limit": summarise(lambda i, q: q[0]),
         "gain_from_doubling": summarise(gain),
-        "models_for": {f"{level:g}": summarise(lambda q, level=level: _models_for(q, level)) for level in levels},
-        "lds_at": {str(int(b)): summarise(lambda q, b=b: float(curve_at(q, b))) for b in budgets},
+        "models_for": {f"{level:g}": summarise(lambda i, q, level=level: _models_for(q, level), models_for(level))
+                       for level in levels},
+        "lds_at": {str(int(b)): summarise(lds_at(b)) for b in budgets},
         "rate_models_per_s": _rate(points),
+        "band_method": (f"targets resampled and the drift of {len(drifts)} backtests of earlier prefixes" if measured
+                        else f"targets resampled and a drift of +-{DEFAULT_DRIFT} LDS per e-fold (too few "
+                             f"checkpoints to backtest)"),
     }
     if curve_to:
         grid = np.geomspace(n[0], max(float(curve_to), n[-1]), 100)
-        curves = np.array([curve_at(q, grid) for q in samples])
+        curves = np.array([sampled(i, q, grid) for i, q in enumerate(samples)])
         lo, hi = np.percentile(curves, BAND, axis=0) if len(curves) else ([], [])
         out["curve_band"] = {"n": grid.tolist(), "lo": list(map(float, lo)), "hi": list(map(float, hi))}
     return out
@@ -155,7 +215,8 @@ def describe(result: dict) -> List[str]:
         else fmt(s["estimate"])
     models = lambda v: "never" if not math.isfinite(v) else f"{v:,.0f}"
     lines.append(f"forecast (LDS = a - b*n^-c, a={fc['curve']['a']:.4f}, c={fc['curve']['c']:.2f}; band: "
-                 f"{BAND[0]}th-{BAND[1]}th percentile over targets): limit {band(fc['limit'], lambda v: f'{v:.3f}')}, "
+                 f"{BAND[0]}th-{BAND[1]}th percentile over targets and extrapolation): limit "
+                 f"{band(fc['limit'], lambda v: f'{v:.3f}')}, "
                  f"doubling to {2 * fc['num_fit_models']:,} models gains "
                  f"{band(fc['gain_from_doubling'], lambda v: f'{v:+.4f}')}")
     for level, s in fc["models_for"].items():
