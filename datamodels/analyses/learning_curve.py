@@ -19,9 +19,9 @@ from ..errors import DatamodelsError
 from ..resources import check_memory
 from ._run import Run, open_run, rng_for
 
-# Keyword arguments of ``fit`` the prefix statistics reproduce (``prefix_fits``); others (a prior,
-# a Ray cluster) fall back to one fit per point.
-_PREFIX_OPTIONS = {"options", "seed"} | {f.name for f in dataclasses.fields(config_lib.FitOptions)}
+# Keyword arguments of ``fit`` the prefix statistics reproduce (``prefix_fits``); others (``prior``,
+# which for ``fit`` means prior values, a Ray cluster) fall back to one fit per point.
+_PREFIX_OPTIONS = ({"options", "seed"} | {f.name for f in dataclasses.fields(config_lib.FitOptions)}) - {"prior"}
 # Rows of the prefix that set the margins' offset, as ``fit`` does.
 _OFFSET_ROWS = 1024
 # Fewer fitting models than this leave too few for a validation split worth the name.
@@ -40,8 +40,9 @@ def learning_curve(run: Union[Run, str], *, sizes: Optional[Sequence[int]] = Non
                    fit_options: Optional[dict] = None, seed: int = 0, progress: bool = True) -> dict:
     """LDS (and its quantiles over targets) of datamodels refitted on growing numbers of models.
 
-    Refits cost about as much as the run's own fit each, and more when there are fewer models
-    than training examples, so by default they cover a random sample of ``num_targets``
+    The store is read about once for all points, but each point solves its own λ path, which
+    costs about as much as the run's own fit's, and more when there are fewer models than
+    training examples, so by default they cover a random sample of ``num_targets``
     targets (``None``: all); every point uses the same sample, so the curve is comparable
     along its length, and a target's datamodel does not depend on which others are fitted
     with it.  ``fit_options`` are keyword arguments of ``datamodels.fit`` (default: the run
