@@ -267,14 +267,16 @@ def cmd_brittleness(args) -> int:
                                                       "se": r["verified"]["actual_after_se"],
                                                       "flipped": str(r["verified"]["flipped"]),
                                                       "verdict": r["verified"]["verdict"]}
-                                                     if "verified" in r else {})} for r in brittle]
+                                                     if "verified" in r else  # not checked: over --max-support
+                                                     dict.fromkeys(("actual_after", "se", "flipped", "verdict"), ""))}
+            for r in brittle]
     columns = ["target", "support_size", "pred_before", "pred_after"] + (["actual_after", "se", "flipped", "verdict"]
                                                                         if args.verify else [])
     if rows:
         print(f"\nthe {len(rows)} most brittle targets")
         print(format_table(rows, columns))
     v = result.get("verified")
-    if v:
+    if v and v["checked"]:
         print(f"\nretrained {v['models']} models without each support set of size <= {args.max_support}: "
               f"{v['flipped']} of {v['checked']} predictions truly flip ({v['share']:.1%}, 95% bootstrap interval "
               f"over targets [{v['share_ci'][0]:.1%}, {v['share_ci'][1]:.1%}]); {v['surely_flipped']} surely flip and "

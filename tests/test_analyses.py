@@ -294,6 +294,13 @@ def test_cli_verify_keeps_results_for_the_report(tiny, ray_local, capsys):
     page = _render(run_path="", generated="", seconds="0", fingerprint="", sections=[counterfactuals(tiny)])
     assert "bootstrap over counterfactuals" in page and "±1.96 standard errors" in page
     assert f"r = {s['weighted_pearson']:.3f}</b>" in page
+    assert main(["brittleness", "--verify", "2", "--max-support", "5", "--run", str(tiny.path)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tiny.path / "analyses" / "brittleness.json").read_text())["verified"]
+    if saved["checked"]:
+        assert "95% bootstrap interval over targets" in out and f"{saved['undecided']} undecided" in out
+        header = next(line for line in out.splitlines() if line.lstrip().startswith("target"))
+        assert header.split()[-4:] == ["actual_after", "se", "flipped", "verdict"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -99,7 +99,8 @@ def _verify(run: Run, rows: List[dict], base: str, repeats: int, max_support: in
     N, s = run.num_train, run.subset_size
     chosen = [r for r in rows if r["support_size"] and r["support_size"] <= max_support]
     if not chosen:
-        return {"models": repeats, "checked": 0, "flipped": 0, "share": float("nan")}
+        return {"models": repeats, "checked": 0, "flipped": 0, "share": float("nan"), "share_ci": [float("nan")] * 2,
+                "surely_flipped": 0, "surely_holds": 0, "undecided": 0, "models_to_settle": None}
     rng = rng_for(seed, "brittleness")
     seeds = seeds_for(seed, "brittleness", repeats)
     masks = []

@@ -7,29 +7,36 @@ less to every other target.  The score of a pair (test target t, training exampl
 
     z_jt      = w_jt / sd_t                              (j's effect in units of t's margin spread)
     behaviour = z_jt * z_jt / (z_jt + max_{t' != t} z_jt')   (times how exclusive that effect is)
-    score     = behaviour * (1 + c_jt) / 2                (times how alike the two images look)
+    score     = behaviour * ((1 + a_jt) / 2) ** 4         (times how alike the two images look)
 
 with sd_t the standard deviation of t's margin over the sweep's models, negative effects
-counted as 0, and c_jt the cosine similarity of the two images' pixels after subtracting
-the training set's mean image (``pixel_similarity``; 0 where undefined).  The exclusivity
-factor is near 1 when t is the only target j moves, and at most 1/2 when j moves another
-target at least as much.  The pixel factor is 1 for identical images, about 1/2 for
-unrelated ones and 0 for opposite ones: among pairs with equally strong, exclusive effects
-it ranks those whose images look alike first, and it halves a pair of unrelated images
-without removing it (``pixels=False`` ranks by ``behaviour`` alone).  On planted copies in
-the digits (benchmarks/leakage.py) the behavioural score alone ranked one of 20 copies below
-the top 2n, behind natural pairs of dissimilar images; with the pixel factor all were in it.
-A duplicate is only visible when it changes the model's behaviour: a copy of an easy test
-example barely moves its margin and stays invisible, to this score and to any other.
+counted as 0, and a_jt the aligned similarity of the two images (``aligned_similarities``:
+blurred, brightness and contrast removed, best over shifts of up to 2 px; 0 where undefined).
+Real near-duplicates are shifted, cropped, brightened, blurred or re-encoded, which the plain
+pixel cosine (``pixel_similarities``, ``similarity="pixels"``: behaviour * (1 + c_jt) / 2) does
+not survive.  The exclusivity factor is near 1 when t is the only target j moves, and at most
+1/2 when j moves another target at least as much.  The similarity factor is 1 for identical
+images and lower for unrelated ones: among pairs with equally strong, exclusive effects it ranks
+those whose images look alike first (``similarity="none"`` or ``pixels=False`` ranks by
+``behaviour`` alone).  On copies planted under eight transform families
+(benchmarks/quality/leakage_transforms.py) every copy that moved its target by more than one
+standard deviation ranked in the top 2n; the fourth power lets a copy whose effect is real but
+smaller outrank natural pairs of dissimilar images with larger effects.  A duplicate is only
+visible when it changes the model's behaviour: a copy of an easy test example, or one moved so far
+that the model no longer treats it as its original, barely moves its margin and stays invisible,
+to this score and to any other.
 
 Each listed pair comes with two figures that tell a near-duplicate from a spurious weight
 (``pair_details``): ``similarity``, the cosine similarity of the two images' pixels after
 subtracting the training set's mean image (1 for identical images), with ``pixel_rank``,
 where the training image ranks among all training images by that similarity to the target
-(1: its nearest); and ``effect``, measured on the store without the datamodels: the target's
-mean margin over fitting models whose subset holds the training example minus over those
-without, also in units of the target's margin standard deviation (``effect_sd``).  A large
-weight with a small measured effect is the regression's doing, not the models'.
+(1: its nearest), and ``aligned_similarity``; and ``effect``, measured on the store without the
+datamodels: the target's mean margin over fitting models whose subset holds the training example
+minus over those without, with its standard error (``effect_se``), in units of the target's
+margin standard deviation (``effect_sd``) and of that standard error (``effect_z``).  A model
+class that memorises has noisy margins: an effect can be real (many standard errors) and still
+under one standard deviation.  A large weight with a small measured effect is the regression's
+doing, not the models'.
 
 ``plant_duplicates`` builds a data set with known duplicates (noisy copies of chosen test
 examples appended to the training set), and ``planted_effects`` measures each planted
