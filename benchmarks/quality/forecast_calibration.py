@@ -16,6 +16,7 @@ backtests) and targets alone (the earlier band), for comparison.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -87,10 +88,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="digits,synthetic")
     p.add_argument("--store", action="append", default=[], help="NAME=PATH: a finished long sweep's store to reuse")
+    p.add_argument("--records", action="append", default=[],
+                   help="NAME=PATH: its replayed checkpoints, a JSON list (as this script's replay makes them)")
     p.add_argument("--num-models", type=int, default=10000, help="fitting models of the long sweeps")
     p.add_argument("--every", type=int, default=250, help="checkpoint interval of the replay")
     p.add_argument("--starts", default="1000,1500,2000,2500,3000")
     p.add_argument("--levels", type=int, default=2, help="levels per start point")
+    p.add_argument("--save-records", help="a folder to keep each data set's replayed checkpoints in (for --records)")
     p.add_argument("--out", default=str(HERE.parent / "results" / "forecast_calibration.json"))
     args = p.parse_args(argv)
 
@@ -99,6 +103,7 @@ def main(argv=None) -> int:
     from datamodels.sweep import sweep
 
     stores = dict(s.split("=", 1) for s in args.store)
+    replayed = {name: json.loads(Path(path).read_text()) for name, path in (s.split("=", 1) for s in args.records)}
     starts = [int(s) for s in args.starts.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="forecast-calibration-"))
     results = {}
@@ -109,13 +114,16 @@ def main(argv=None) -> int:
                 overrides.append("data.source=synthetic")
             cfg = config_lib.load(ROOT / "configs" / "digits.yaml", overrides)
             started = time.perf_counter()
-            if name not in stores:
+            if name not in stores and name not in replayed:
                 sweep(cfg, progress=False)
                 stores[name] = str(tmp / name / "store")
             sweep_s = time.perf_counter() - started
             started = time.perf_counter()
-            records = replay(stores[name], cfg, every=args.every)
+            records = replayed.get(name) or replay(stores[name], cfg, every=args.every)
             replay_s = time.perf_counter() - started
+            if args.save_records:
+                Path(args.save_records).mkdir(parents=True, exist_ok=True)
+                (Path(args.save_records) / f"{name}.json").write_text(json.dumps(records))
             print(f"{name}: {len(records)} checkpoints, LDS {records[0]['lds']:.3f} -> {records[-1]['lds']:.3f}",
                   flush=True)
             results[name] = {"sweep_s": round(sweep_s, 1), "replay_s": round(replay_s, 1),
