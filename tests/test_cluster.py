@@ -77,6 +77,10 @@ def test_requests_no_node_can_run_are_refused_with_the_nodes_named():
 
 
 def test_a_local_request_is_checked_against_this_machine(monkeypatch):
+    import ray
+
+    if ray.is_initialized():  # connected, the check asks that cluster instead of this machine
+        cluster.stop_local_ray()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(cluster, "_cuda_devices", lambda: 0)
     cpus = cluster.local_resources({})["CPU"]
