@@ -19,9 +19,9 @@ kernel Kₘ = ΦₘΦₘᵀ and target kernel Kₜ,ₘ = Φₜ,ₘΦₘᵀ,
 which is TRAK's φₜᵀ(ΦᵀΦ + λI)⁻¹Φᵀ Q written with kernels (N×N), without random projection.
 Where the worker also gives the gradients themselves (``gradient_features``, P wide) and N > P,
 each model is computed in that form instead, Φₜ(ΦᵀΦ + λI)⁻¹Φᵀ, the same matrix: P×P systems and
-no N×N matrix at all (at N = 50,000 one N×N float64 matrix is 18.6 GiB; the MLP's P is ~5,000).  The ridge matters (without it, LDS falls as the
-gradient dimension nears N), so several ridges are returned and the fit picks one on its
-validation rows.
+no N×N matrix at all (at N = 50,000 one N×N float64 matrix is 18.6 GiB; the MLP's P is ~5,000).
+The ridge matters (without it, LDS falls as the gradient dimension nears N), so several ridges
+are returned and the fit picks one on its validation rows.
 """
 from __future__ import annotations
 

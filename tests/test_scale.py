@@ -120,9 +120,9 @@ def test_a_sweep_whose_live_lds_would_not_fit_is_refused_before_anything_is_writ
     assert "the live LDS (sweep.checkpoint_every) needs about" in capsys.readouterr().err
     from datamodels.live import check_live_memory
 
-    with pytest.raises(DatamodelsError, match=r"^the live LDS \(sweep.checkpoint_every\) needs about 3[78]\.\d GiB "
-                                              r"\(50,000 training examples: four XᵀX .*\) but 20\.0 GiB is available: "
-                                              r"set sweep.checkpoint_every: 0"):
+    refusal = (r"^the live LDS \(sweep.checkpoint_every\) needs about 3[78]\.\d GiB \(50,000 training examples: "
+               r"four XᵀX .*\) but 20\.0 GiB is available: set sweep.checkpoint_every: 0")
+    with pytest.raises(DatamodelsError, match=refusal):
         check_live_memory(cfg)
     assert not (tmp_path / "run").exists()
     cfg["sweep"]["checkpoint_every"] = 0

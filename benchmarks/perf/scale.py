@@ -35,8 +35,12 @@ def timed(args, cwd) -> dict:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
-    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(peak / 1024, 1), "stdout": done.stdout}
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(peak_kib(done.stderr) / 1024, 1), "stdout": done.stdout}
+
+
+def peak_kib(time_output: str) -> int:
+    """Max RSS (KiB) from /usr/bin/time -v's report."""
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_output)[1])
 
 
 def estimates(N: int, T: int, M: int, fit_targets: int, curve_targets: int, ridges: int) -> dict:
@@ -99,7 +103,7 @@ def one_size(N: int, args, work: Path) -> dict:
     # estimates count what the work adds on top of it.
     bare = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", "import datamodels.regression, datamodels.cli"],
                           cwd=ROOT, capture_output=True, text=True).stderr
-    result["baseline_rss_mib"] = round(int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", bare)[1]) / 1024, 1)
+    result["baseline_rss_mib"] = round(peak_kib(bare) / 1024, 1)
     return result
 
 
