@@ -297,18 +297,9 @@ def gradient_kernels(masks: np.ndarray, seeds: np.ndarray, config: dict):
     with g = ∂f/∂logits = (onehot − softmax)/(1 − p), h the hidden layer and u = (W₂ᵀg) ⊙ [h > 0]
     (the first layer's gradient is u xᵀ, the second's g hᵀ and the output bias's g), so each
     kernel is a few products of [n, 64]-wide matrices."""
-    cfg = Config(**{k: v for k, v in config["worker"].items() if k != "name"})
-    data = config["data"]
-    x_train, y_train = load_split(data["dir"], "train")
-    x_target, y_target = targets(data["dir"], data.get("targets", "test"))
-    for rows, net, (x, xt, onehot, yt) in _trained(x_train, y_train, x_target, y_target, masks, seeds, cfg):
-        w1, w2, b2 = (w.double() for w in net.master)
-        labels = onehot.argmax(1)
-        for i, row in enumerate(rows):
-            parts = [_gradient_parts(w1[i], w2[i], b2[i], inputs.double(), lab)
-                     for inputs, lab in ((x, labels), (xt, yt))]
-            k_train, k_target = (sum(k) for k in zip(*kernel_parts(*parts)))
-            yield int(row), k_train.cpu().numpy(), k_target.cpu().numpy(), parts[0][4].cpu().numpy()
+    for row, train, target in _per_model_gradient_parts(masks, seeds, config):
+        k_train, k_target = (sum(k) for k in zip(*kernel_parts(train, target)))
+        yield row, k_train.cpu().numpy(), k_target.cpu().numpy(), train[4].cpu().numpy()
 
 
 def gradient_features(masks: np.ndarray, seeds: np.ndarray, config: dict):
@@ -318,6 +309,14 @@ def gradient_features(masks: np.ndarray, seeds: np.ndarray, config: dict):
     ``train_features(start, stop)`` is Φ's rows start:stop [stop − start, P] (float64, made on
     demand: all of Φ would be N·P·8 bytes).  Φ = [u ⊗ x, g ⊗ h, g], whose inner products are
     the kernels of ``gradient_kernels``."""
+    for row, train, target in _per_model_gradient_parts(masks, seeds, config):
+        yield (row, lambda start, stop, parts=train: _features(parts, start, stop).cpu().numpy(),
+               _features(target, 0, len(target[0])).cpu().numpy(), train[4].cpu().numpy())
+
+
+def _per_model_gradient_parts(masks: np.ndarray, seeds: np.ndarray, config: dict):
+    """Each mask's model trained as ``train`` trains it, then ``(row, parts of the training
+    examples, parts of the targets)`` from ``_gradient_parts``, in float64."""
     cfg = Config(**{k: v for k, v in config["worker"].items() if k != "name"})
     data = config["data"]
     x_train, y_train = load_split(data["dir"], "train")
@@ -326,10 +325,8 @@ def gradient_features(masks: np.ndarray, seeds: np.ndarray, config: dict):
         w1, w2, b2 = (w.double() for w in net.master)
         labels = onehot.argmax(1)
         for i, row in enumerate(rows):
-            train = _gradient_parts(w1[i], w2[i], b2[i], x.double(), labels)
-            target = _gradient_parts(w1[i], w2[i], b2[i], xt.double(), yt)
-            yield (int(row), lambda start, stop, parts=train: _features(parts, start, stop).cpu().numpy(),
-                   _features(target, 0, len(xt)).cpu().numpy(), train[4].cpu().numpy())
+            yield (int(row), _gradient_parts(w1[i], w2[i], b2[i], x.double(), labels),
+                   _gradient_parts(w1[i], w2[i], b2[i], xt.double(), yt))
 
 
 def _features(parts, start: int, stop: int) -> torch.Tensor:
