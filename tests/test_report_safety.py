@@ -142,7 +142,9 @@ def test_non_finite_and_constant_held_out_margins(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--run", str(run_path)]) == 0
     line = capsys.readouterr().out.strip()
     over = f"{100 - flat} of 100" if flat else "100"
-    assert line.startswith(f"LDS {before['lds']:.4f} over {over} targets and 40 held-out models; ")
+    lo, hi = before["ci"]["low"], before["ci"]["high"]
+    assert line.startswith(f"LDS {before['lds']:.4f} [{lo:.4f}, {hi:.4f}] (95% CI) over {over} targets and 40 "
+                           f"held-out models (protocol single: 40 masks x 1 seed); "), line
 
     rows = store.rows("eval")
     a, b, c, d = np.flatnonzero(np.isfinite(per_target))[:4]
@@ -165,10 +167,11 @@ def test_non_finite_and_constant_held_out_margins(run_dir, tmp_path, capsys):
                                                                                               flat)],
                      key=lambda kv: -kv[1])
     dropped = f"{flat + 4} dropped: " + ", ".join(f"{why} ({n})" for why, n in reasons if n)
-    assert line.startswith(f"LDS {after['lds']:.4f} over {96 - flat} of 100 targets and 40 held-out models; "
-                           f"{dropped}; quantiles "), line
+    assert f"over {96 - flat} of 100 targets and 40 held-out models (protocol single: 40 masks x 1 seed); " \
+           f"{dropped}; quantiles " in line and line.startswith(f"LDS {after['lds']:.4f} ["), line
     page = report(run_path, tmp_path / "nan.html", progress=False).read_text()
-    assert f"<b>{after['lds']:.3f}</b><span>LDS (held-out)</span>" in page
+    lo, hi = after["ci"]["low"], after["ci"]["high"]
+    assert f"<b>{after['lds']:.3f} [{lo:.3f}, {hi:.3f}]</b><span>LDS (held-out, 95% CI)</span>" in page
     assert f"LDS over {96 - flat} of 100 targets; {dropped}" in page
     assert "predicted vs actual margins and LDS histogram" in page
 
@@ -185,7 +188,7 @@ def test_non_finite_and_constant_held_out_margins(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no LDS" in err and "non-finite held-out margins (100)" in err
     page = report(run_path, tmp_path / "all-nan.html", progress=False).read_text()
-    assert "<b>n/a</b><span>LDS (held-out)</span>" in page and "No target has a defined LDS" in page
+    assert "<b>n/a</b><span>LDS (held-out, 95% CI)</span>" in page and "No target has a defined LDS" in page
 
 
 def test_scores_with_non_finite_values_are_refused_with_the_count(run_dir, tmp_path, capsys):
