@@ -24,7 +24,7 @@ sweep's), or ``random``, n drawn uniformly.  Ways of planting (``--variants``):
     shifted   hardest, ink noise after a random sub-pixel shift (uniform in ±0.5 px per axis)
     random    random test examples, ink noise
 
-The goals are measured on ``ink`` with the memorising config.
+The headline figures (docs/analyses.md) are measured on ``ink`` with the memorising config.
 
     python benchmarks/quality/leakage.py                 # ~10 min on 2 cores -> benchmarks/results/leakage.json
     python benchmarks/quality/leakage.py --configs configs/digits-memorise.yaml --variants ink
