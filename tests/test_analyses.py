@@ -47,8 +47,10 @@ def ensure_ray():
     """Ray for module-scoped fixtures, started as conftest's ``ray_local`` starts it."""
     import ray
 
+    from datamodels.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        start_local()  # on 127.0.0.1 alone, as a sweep's own
 
 
 @pytest.fixture(scope="module")

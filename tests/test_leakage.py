@@ -39,12 +39,13 @@ def planted(tmp_path_factory, _ray_shutdown_at_exit):
     copy of test example ``exact``; 1,000 models of a memorising MLP."""
     import ray
 
-    from datamodels.regression import fit
+    from datamodels.cluster import start_local
     from datamodels.prepare import prepare
+    from datamodels.regression import fit
     from datamodels.sweep import sweep
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        start_local()  # on 127.0.0.1 alone, as a sweep's own
     root = tmp_path_factory.mktemp("leakage")
     base = small_digits(root / "small.npz")
     hard = hardest(base, PLANTED)

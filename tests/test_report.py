@@ -32,10 +32,11 @@ def tiny_run(tmp_path_factory, _ray_shutdown_at_exit):
     """`datamodels run` on 300 training digits with 700 models: enough for a learning curve."""
     import ray
 
+    from datamodels.cluster import start_local
     from datamodels.pipeline import run
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        start_local()  # on 127.0.0.1 alone, as a sweep's own
     root = tmp_path_factory.mktemp("report")
     cfg = config.coerce({
         "out": str(root / "run"),

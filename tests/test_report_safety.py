@@ -30,10 +30,11 @@ def run_dir(tmp_path_factory, _ray_shutdown_at_exit):
     """A finished run: 300 training digits, 160 + 40 models (too few for the learning curve's refits)."""
     import ray
 
+    from datamodels.cluster import start_local
     from datamodels.pipeline import run
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        start_local()  # on 127.0.0.1 alone, as a sweep's own
     root = tmp_path_factory.mktemp("safety")
     cfg = config.coerce({
         "out": str(root / "run"),

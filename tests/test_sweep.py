@@ -10,7 +10,7 @@ import pytest
 from datamodels import hardware
 from datamodels.errors import DatamodelsError
 from datamodels.store import Store, subset_mask
-from datamodels.cluster import ray_session
+from datamodels.cluster import ray_session, start_local
 from datamodels.sweep import pack_tasks, sweep, train_masks
 
 
@@ -162,7 +162,7 @@ def test_tasks_get_their_cpu_share_of_torch_threads(run_config, monkeypatch, cpu
 
     ray.shutdown()
     monkeypatch.setenv("OMP_NUM_THREADS", str(3 - cpus))  # the other count: 2 for one-CPU tasks, 1 for two
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    start_local()
     try:
         cfg = dict(run_config, sweep=dict(run_config["sweep"], cpus_per_task=cpus, models_per_task=2),
                    worker={"name": "threads_worker"})
